@@ -1,0 +1,1 @@
+"""Stage: live performance roulette with a WebRTC relay and recorder."""

@@ -1,0 +1,32 @@
+"""python -m stage: run the server with settings from flags and the environment."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from aiohttp import web
+
+from .config import from_command_line
+from .server import create_app
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        settings = from_command_line(argv)
+    except ValueError as exc:
+        sys.exit(f"stage: {exc}")
+    logging.basicConfig(
+        level=settings.extra["log_level"],
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # aiortc and aioice log every packet and check at INFO/DEBUG: keep them quiet.
+    for noisy in ("aiortc", "aioice"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    app = create_app(settings)
+    print(f"Stage is running on http://{settings.host}:{settings.port}/", flush=True)
+    web.run_app(app, host=settings.host, port=settings.port, print=None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""JSON API: stages, their live state, performances and recordings."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import unicodedata
+from datetime import datetime, timezone
+
+from aiohttp import web
+
+from .appkeys import STORE, VENUE
+from .errors import BadRequest, NotFound, Unauthorized
+from .requests import find_stage, owner_cookie, read_json, require_owner
+from .store import PerformanceRecord, StageRecord
+
+logger = logging.getLogger(__name__)
+
+MAX_NAME = 80
+# Live pages get an update at most this often, however busy the stage.
+EVENT_PACE = 0.25
+HEARTBEAT = 15.0
+
+
+def add_routes(router: web.UrlDispatcher) -> None:
+    router.add_post("/api/stages", create_stage)
+    router.add_get("/api/stages", live_stages)
+    router.add_get("/api/stages/{id}", show_stage)
+    router.add_get("/api/stages/{id}/events", stage_events)
+    router.add_post("/api/stages/{id}/session", open_session)
+    router.add_get("/api/stages/{id}/performances", list_performances)
+    router.add_get("/api/performances/{id}/recording", download_recording)
+
+
+# stages
+
+
+def clean_name(value) -> str:
+    if not isinstance(value, str):
+        raise BadRequest('Give the stage a name: {"name": "…"}.')
+    name = " ".join(value.split())
+    if not name:
+        raise BadRequest("The stage name cannot be empty.")
+    if len(name) > MAX_NAME:
+        raise BadRequest(f"The stage name is too long (at most {MAX_NAME} characters).")
+    if any(unicodedata.category(c).startswith("C") for c in name):
+        raise BadRequest("The stage name cannot contain control characters.")
+    return name
+
+
+async def create_stage(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    name = clean_name(body.get("name"))
+    stage, key = request.app[STORE].create_stage(name)
+    logger.info("stage %s: created (%s)", stage.id, name)
+    response = web.json_response({"id": stage.id, "name": stage.name, "key": key}, status=201)
+    response.headers["Location"] = f"/api/stages/{stage.id}"
+    _open_owner_session(request, response, stage)
+    return response
+
+
+async def live_stages(request: web.Request) -> web.Response:
+    hubs = request.app[VENUE].hubs.values()
+    stages = [
+        {"id": h.stage_id, "name": h.name, "live": True, "viewers": h.watching}
+        for h in sorted(hubs, key=lambda h: h.name.lower())
+    ]
+    return web.json_response({"stages": stages})
+
+
+def stage_summary(app: web.Application, stage: StageRecord) -> dict:
+    venue = app[VENUE]
+    hub = venue.hubs.get(stage.id)
+    return {
+        "id": stage.id,
+        "name": stage.name,
+        "live": hub is not None,
+        "viewers": hub.watching if hub else 0,
+        "views": app[STORE].stage_views(stage.id, time.time()),
+        "recording": venue.recording_state(stage.id),
+    }
+
+
+async def show_stage(request: web.Request) -> web.Response:
+    stage = find_stage(request.app[STORE], request.match_info["id"])
+    return web.json_response(stage_summary(request.app, stage))
+
+
+async def stage_events(request: web.Request) -> web.StreamResponse:
+    stage = find_stage(request.app[STORE], request.match_info["id"])
+    topic = ("stage", stage.id)
+    return await send_events(request, topic, lambda: stage_summary(request.app, stage))
+
+
+async def send_events(request: web.Request, topic, read) -> web.StreamResponse:
+    """Server-sent events: the current state now, then again whenever it changes."""
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
+    )
+    await response.prepare(request)
+    last = None
+    with request.app[VENUE].bulletin.listen(topic) as changed:
+        try:
+            while True:
+                try:
+                    await asyncio.wait_for(changed.wait(), HEARTBEAT)
+                except asyncio.TimeoutError:
+                    # A comment line: keeps proxies from closing an idle stream, and a
+                    # dead client shows up as a failed write.
+                    await response.write(b": still here\n\n")
+                    continue
+                changed.clear()
+                current = json.dumps(read())
+                if current != last:
+                    await response.write(f"data: {current}\n\n".encode())
+                    last = current
+                await asyncio.sleep(EVENT_PACE)
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+    return response
+
+
+# the artist's side
+
+
+def _open_owner_session(request, response: web.StreamResponse, stage: StageRecord) -> None:
+    response.set_cookie(
+        owner_cookie(stage.id),
+        request.app[STORE].session_token(stage),
+        max_age=30 * 24 * 3600,
+        httponly=True,
+        samesite="Strict",
+        path="/",
+    )
+
+
+async def open_session(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    stage = find_stage(store, request.match_info["id"])
+    body = await read_json(request)
+    key = body.get("key")
+    if not isinstance(key, str) or not store.key_matches(stage, key.strip()):
+        raise Unauthorized("The stage key is wrong.")
+    response = web.Response(status=204)
+    _open_owner_session(request, response, stage)
+    return response
+
+
+def iso(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def performance_summary(p: PerformanceRecord, views: int, now: float) -> dict:
+    end = p.ended_at if p.ended_at is not None else now
+    recording = None
+    if p.recording_path:
+        recording = {
+            "url": f"/api/performances/{p.id}/recording",
+            "bytes": p.recording_bytes,
+            "state": p.recording_state,
+            "error": p.recording_error,
+        }
+    return {
+        "id": p.id,
+        "started_at": iso(p.started_at),
+        "ended_at": iso(p.ended_at),
+        "duration": round(end - p.started_at, 3),
+        "views": views,
+        "peak_viewers": p.peak_viewers,
+        "recording": recording,
+    }
+
+
+async def list_performances(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    stage = find_stage(store, request.match_info["id"])
+    require_owner(request, store, stage)
+    now = time.time()
+    performances = store.performances(stage.id)
+    views = store.views([p.id for p in performances], now)
+    return web.json_response(
+        {"performances": [performance_summary(p, views.get(p.id, 0), now) for p in performances]}
+    )
+
+
+async def download_recording(request: web.Request) -> web.StreamResponse:
+    store = request.app[STORE]
+    performance = store.performance(request.match_info["id"])
+    if performance is None:
+        raise NotFound("There is no performance with this id.")
+    stage = find_stage(store, performance.stage_id)
+    require_owner(request, store, stage)
+    if performance.recording_state not in ("ready", "truncated") or not performance.recording_path:
+        raise NotFound(_why_no_file(performance.recording_state))
+    data = request.app[VENUE].data
+    path = (data / performance.recording_path).resolve()
+    if data.resolve() not in path.parents or not path.is_file():
+        raise NotFound("The recording file is missing.")
+    filename = f"{stage.name}-{path.name}".replace('"', "'")
+    return web.FileResponse(
+        path, headers={"Content-Disposition": f'attachment; filename="{filename}"'}
+    )
+
+
+def _why_no_file(state: str) -> str:
+    return {
+        "recording": "The performance is still being recorded.",
+        "finishing": "The recording is being finished; try again in a moment.",
+        "empty": "This performance got no media, so there is no recording.",
+        "failed": "This recording failed and nothing playable was written.",
+    }.get(state, "There is no recording for this performance.")

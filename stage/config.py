@@ -1,0 +1,73 @@
+"""Settings: one frozen object, built once at start-up from flags and environment."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data: Path = Path("recordings")
+    # Addresses ICE gathers candidates on; empty means every non-loopback interface.
+    ice_addresses: tuple[str, ...] = ()
+    # STUN/TURN URLs given to the server's peer connections and to the pages.
+    ice_servers: tuple[str, ...] = ()
+    # Seconds of watching that make a view.
+    view_seconds: float = 3.0
+    # Most viewers one server carries at once; past it, new viewers get 503.
+    max_viewers: int = 500
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port must be between 1 and 65535, not {self.port}")
+        if self.view_seconds < 0:
+            raise ValueError("view seconds cannot be negative")
+        if self.max_viewers < 1:
+            raise ValueError("the viewer cap must be at least 1")
+        for url in self.ice_servers:
+            if not url.startswith(("stun:", "turn:", "turns:")):
+                raise ValueError(f"ICE server {url!r} must start with stun:, turn: or turns:")
+
+    @property
+    def database(self) -> Path:
+        return self.data / "stage.db"
+
+
+def _split(value: str | None) -> tuple[str, ...]:
+    if not value:
+        return ()
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def from_command_line(argv: list[str] | None = None, env=os.environ) -> Settings:
+    parser = argparse.ArgumentParser(prog="python -m stage", description="Run the Stage server.")
+    parser.add_argument("--host", default=env.get("STAGE_HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(env.get("STAGE_PORT", "8080")))
+    parser.add_argument("--data", type=Path, default=Path(env.get("STAGE_DATA", "recordings")))
+    parser.add_argument("--ice-address", action="append", dest="ice_addresses")
+    parser.add_argument("--ice-server", action="append", dest="ice_servers")
+    parser.add_argument(
+        "--view-seconds", type=float, default=float(env.get("STAGE_VIEW_SECONDS", "3"))
+    )
+    parser.add_argument(
+        "--max-viewers", type=int, default=int(env.get("STAGE_MAX_VIEWERS", "500"))
+    )
+    parser.add_argument("--log-level", default=env.get("STAGE_LOG_LEVEL", "INFO"))
+    args = parser.parse_args(argv)
+    settings = Settings(
+        host=args.host,
+        port=args.port,
+        data=args.data,
+        ice_addresses=tuple(args.ice_addresses or _split(env.get("STAGE_ICE_ADDRESSES"))),
+        ice_servers=tuple(args.ice_servers or _split(env.get("STAGE_ICE_SERVERS"))),
+        view_seconds=args.view_seconds,
+        max_viewers=args.max_viewers,
+        extra={"log_level": args.log_level.upper()},
+    )
+    return settings

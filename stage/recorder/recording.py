@@ -1,0 +1,185 @@
+"""One performance's recording: a consumer of the stage's frames, like a viewer.
+
+Audio and video reach us on unrelated RTP clocks. The publisher's RTCP sender reports
+map each clock to its own wall clock, which puts both tracks on one timeline; until
+both reports are in (they come within a second or two), frames wait in a short buffer.
+A publisher that sends no reports is aligned by arrival time instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+from ..relay.frames import MediaFrame
+from .files import Finished, container_for, finish, recording_paths
+from .writer import Writer
+
+logger = logging.getLogger(__name__)
+
+# How long frames may wait for sender reports before the timeline is fixed anyway.
+ALIGN_WAIT = 3.0
+# A writer this far behind is on a disk that cannot keep up: stop rather than hoard.
+MAX_BACKLOG = 3000
+
+
+class Recording:
+    def __init__(
+        self,
+        folder: Path,
+        started_at: datetime,
+        kinds: dict[str, object],
+        video_codec: str | None,
+        on_failure: Callable[[str], None],
+    ) -> None:
+        """`kinds` maps "audio"/"video" to the publisher tracks that will feed us."""
+        self.state = "recording"
+        self.error: str | None = None
+        self._tracks = kinds
+        self._video_codec = video_codec
+        self._format, extension = container_for(video_codec)
+        self.live_path, self.path = recording_paths(folder, started_at, extension)
+        self._on_failure = on_failure
+        self._loop = asyncio.get_running_loop()
+        self._pending: list[MediaFrame] = []
+        self._first_arrival: float | None = None
+        self._clock: dict[object, tuple[float, int, int]] = {}  # source → (t, ts, rate)
+        self._origin: float | None = None
+        self._last_pts: dict[str, int] = {}
+        self._writer: Writer | None = None
+        self._kinds_written: set[str] = set()
+        self._video_waits_for_keyframe = True
+
+    # frames in (on the event loop, from the stage hub)
+
+    def push(self, frame: MediaFrame) -> None:
+        if self.state != "recording":
+            return
+        if self._writer is None:
+            self._buffer(frame)
+            return
+        self._write(frame)
+
+    def _buffer(self, frame: MediaFrame) -> None:
+        if self._first_arrival is None:
+            self._first_arrival = time.monotonic()
+        self._pending.append(frame)
+        waited = time.monotonic() - self._first_arrival
+        if self._ready() or waited >= ALIGN_WAIT:
+            self._start()
+
+    def _ready(self) -> bool:
+        seen = {f.kind for f in self._pending}
+        if seen != set(self._tracks):
+            return False
+        if "video" in self._tracks and not any(
+            f.keyframe for f in self._pending if f.kind == "video"
+        ):
+            return False
+        return all(t.sender_report is not None for t in self._tracks.values())
+
+    def _start(self) -> None:
+        frames, self._pending = self._pending, []
+        by_reports = all(t.sender_report is not None for t in self._tracks.values())
+        for frame in frames:
+            self._anchor(frame, by_reports)
+        times = [self._seconds(f) for f in frames]
+        self._origin = min(times)
+
+        keyframes = [f for f in frames if f.kind == "video" and f.keyframe]
+        video = None
+        if keyframes:
+            width, height = keyframes[0].size or (640, 480)
+            video = (self._video_codec or "VP8", width, height)
+        audio = any(f.kind == "audio" for f in frames)
+        self._writer = Writer(self.live_path, self._format, video, audio, self._fail_soon)
+        self._kinds_written = {"video"} if video else set()
+        if audio:
+            self._kinds_written.add("audio")
+        logger.info(
+            "recording %s started: %s, aligned by %s",
+            self.live_path.name,
+            "+".join(sorted(self._kinds_written)),
+            "sender reports" if by_reports else "arrival time",
+        )
+        for frame in frames:
+            self._write(frame)
+
+    def _anchor(self, frame: MediaFrame, by_reports: bool) -> None:
+        """Fix, once per source, how its RTP timestamps map to seconds on one timeline."""
+        if frame.source in self._clock:
+            return
+        track = frame.source
+        rate = track.clock_rate
+        if by_reports and track.sender_report is not None:
+            seconds = track.sender_time(frame.timestamp)
+        else:
+            seconds = time.time() - (time.monotonic() - frame.arrival)
+        self._clock[frame.source] = (seconds, frame.timestamp, rate)
+
+    def _seconds(self, frame: MediaFrame) -> float:
+        seconds, timestamp, rate = self._clock[frame.source]
+        return seconds + (frame.timestamp - timestamp) / rate
+
+    def _write(self, frame: MediaFrame) -> None:
+        if frame.kind not in self._kinds_written:
+            return
+        if frame.kind == "video" and self._video_waits_for_keyframe:
+            if not frame.keyframe:
+                return
+            self._video_waits_for_keyframe = False
+        if frame.source not in self._clock:
+            # A source we have not seen (it cannot happen within one performance, but
+            # never write a frame on a guessed clock): continue from where we are.
+            self._clock[frame.source] = (
+                self._origin + self._last_pts.get(frame.kind, 0) / 1000 + 0.02,
+                frame.timestamp,
+                frame.source.clock_rate,
+            )
+        pts = round((self._seconds(frame) - self._origin) * 1000)
+        # Muxers need increasing timestamps; jittered or repeated ones are nudged
+        # forward a millisecond at a time instead of stopping the recording.
+        last = self._last_pts.get(frame.kind)
+        if last is not None and pts <= last:
+            pts = last + 1
+        self._last_pts[frame.kind] = max(pts, 0)
+        self._writer.write(frame.kind, frame.data, max(pts, 0), frame.keyframe)
+        if self._writer.backlog > MAX_BACKLOG:
+            self._fail("the recording disk cannot keep up")
+
+    # failure and the end
+
+    def _fail_soon(self, reason: str) -> None:
+        # Called from the writer thread.
+        self._loop.call_soon_threadsafe(self._fail, reason)
+
+    def _fail(self, reason: str) -> None:
+        if self.state != "recording":
+            return
+        self.state = "failed"
+        self.error = reason
+        logger.warning("recording %s stopped: %s", self.live_path.name, reason)
+        self._on_failure(reason)
+
+    async def close(self) -> Finished:
+        """Stop taking frames, finish the file off the event loop, say what is left."""
+        if self.state == "recording":
+            self.state = "finishing"
+        writer, self._writer = self._writer, None
+        self._pending = []
+        if writer is None:
+            return Finished(None, 0.0, 0, {"audio": 0, "video": 0})
+        await self._loop.run_in_executor(None, writer.finish)
+        finished = await self._loop.run_in_executor(None, finish, self.live_path)
+        logger.info(
+            "recording %s closed: %.1f s, %s bytes, frames %s",
+            self.path.name,
+            finished.duration,
+            finished.size,
+            finished.frames,
+        )
+        return finished

@@ -1,0 +1,135 @@
+"""The muxing thread: writes packets with PyAV off the event loop.
+
+Disk writes can stall (a slow or full disk), and the relay must never wait for them, so
+each recording has its own thread fed through a queue. Anything the thread hits is
+reported back once, and the thread then stops taking packets.
+"""
+
+from __future__ import annotations
+
+import fractions
+import logging
+import queue
+import threading
+from pathlib import Path
+from typing import Callable
+
+import av
+
+logger = logging.getLogger(__name__)
+
+MILLISECONDS = fractions.Fraction(1, 1000)
+
+# Matroska in live mode, a cluster at least every second, every packet flushed:
+# after a kill, the file plays up to about a second before it (RELAY-NOTES.md).
+LIVE_OPTIONS = {"live": "1", "cluster_time_limit": "1000"}
+CONTAINER_OPTIONS = {"flush_packets": "1"}
+
+_FINISH = object()
+
+
+class Writer:
+    def __init__(
+        self,
+        path: Path,
+        format_name: str,
+        video: tuple[str, int, int] | None,
+        audio: bool,
+        on_error: Callable[[str], None],
+    ) -> None:
+        self.path = path
+        self.packets = {"audio": 0, "video": 0}
+        self._format = format_name
+        self._video = video
+        self._audio = audio
+        self._on_error = on_error
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._failed = False
+        self._thread = threading.Thread(target=self._run, name=f"recorder-{path.stem}")
+        self._thread.start()
+
+    def write(self, kind: str, data: bytes, pts_ms: int, keyframe: bool) -> None:
+        self._queue.put((kind, data, pts_ms, keyframe))
+
+    @property
+    def backlog(self) -> int:
+        return self._queue.qsize()
+
+    def finish(self) -> None:
+        """Close the file; blocks until the thread is done (call it from an executor)."""
+        self._queue.put(_FINISH)
+        self._thread.join()
+
+    def _run(self) -> None:
+        container = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # "x": created exclusively, never over an earlier recording.
+            with open(self.path, "xb"):
+                pass
+            container = av.open(
+                str(self.path),
+                "w",
+                format=self._format,
+                options=LIVE_OPTIONS,
+                container_options=CONTAINER_OPTIONS,
+            )
+            streams = self._add_streams(container)
+            while True:
+                item = self._queue.get()
+                if item is _FINISH:
+                    break
+                if self._failed:
+                    continue
+                kind, data, pts_ms, keyframe = item
+                packet = av.Packet(data)
+                packet.stream = streams[kind]
+                packet.pts = packet.dts = pts_ms
+                packet.time_base = MILLISECONDS
+                packet.is_keyframe = keyframe
+                container.mux(packet)
+                self.packets[kind] += 1
+        except Exception as exc:  # disk full, folder gone, muxer refusal: all alike
+            self._fail(exc)
+            self._drain()
+        finally:
+            if container is not None:
+                try:
+                    container.close()
+                except Exception as exc:
+                    self._fail(exc)
+
+    def _add_streams(self, container) -> dict:
+        streams = {}
+        if self._video:
+            codec, width, height = self._video
+            name = {"VP8": "vp8", "H264": "h264"}[codec]
+            streams["video"] = container.add_mux_stream(name, width=width, height=height)
+            streams["video"].time_base = MILLISECONDS
+        if self._audio:
+            # A mux-only Opus stream gets no OpusHead and 0 channels; an encoder stream
+            # that is never fed writes a correct header (RELAY-NOTES.md).
+            streams["audio"] = container.add_stream("libopus", rate=48000, layout="stereo")
+            streams["audio"].time_base = MILLISECONDS
+        return streams
+
+    def _fail(self, exc: Exception) -> None:
+        if self._failed:
+            return
+        self._failed = True
+        reason = describe_failure(exc)
+        logger.warning("recording %s failed: %s", self.path.name, reason)
+        self._on_error(reason)
+
+    def _drain(self) -> None:
+        while self._queue.get() is not _FINISH:
+            pass
+
+
+def describe_failure(exc: Exception) -> str:
+    errno = getattr(exc, "errno", None)
+    if errno == 28:
+        return "the recording disk is full"
+    if errno in (13, 30):
+        return "the recording folder cannot be written"
+    return f"the recording could not be written ({exc})"

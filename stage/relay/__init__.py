@@ -1,0 +1,1 @@
+"""The relay: publishers in, stage hubs, viewers out. Media stays encoded throughout."""

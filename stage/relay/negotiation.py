@@ -1,0 +1,93 @@
+"""Offers in, answers out: check what a peer offers before any connection is built.
+
+aiortc raises assorted exceptions deep inside `setRemoteDescription` for offers it
+cannot use; checking first lets every bad offer become one clear sentence and a 400.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpTransceiver
+from aiortc import sdp as aiortc_sdp
+
+from ..errors import BadRequest
+
+logger = logging.getLogger(__name__)
+
+MAX_OFFER_BYTES = 64 * 1024
+
+# What the relay forwards, in order of preference. Opus for audio; VP8 first for video
+# because every browser viewer can receive it.
+ACCEPTED = {"audio": ("opus",), "video": ("VP8", "H264")}
+
+
+def describe_accepted() -> str:
+    return "audio: Opus; video: VP8 or H.264"
+
+
+def parse_offer(text: str, *, sending: bool) -> aiortc_sdp.SessionDescription:
+    """Parse an offer and check it has media we can use in the direction we need.
+
+    `sending` is True for a publisher's offer (it must send to us) and False for a
+    viewer's (it must receive).
+    """
+    if not text.strip():
+        raise BadRequest("The request body is empty: send an SDP offer.")
+    if not text.lstrip().startswith("v=0"):
+        raise BadRequest("The body is not an SDP offer (it must start with v=0).")
+    try:
+        offer = aiortc_sdp.SessionDescription.parse(text)
+    except Exception as exc:  # the parser raises whatever the broken line provokes
+        logger.debug("unparseable offer: %r", exc)
+        raise BadRequest("The SDP offer could not be parsed.") from None
+
+    wanted = ("sendonly", "sendrecv") if sending else ("recvonly", "sendrecv")
+    media = [m for m in offer.media if m.kind in ("audio", "video")]
+    usable = [m for m in media if m.direction in wanted]
+    if not usable:
+        role = "send" if sending else "receive"
+        raise BadRequest(f"The offer has no audio or video section that can {role} media.")
+
+    for section in media:
+        if not section.ice or not section.ice.usernameFragment or not section.ice.password:
+            raise BadRequest("The offer lacks ICE credentials (a=ice-ufrag / a=ice-pwd).")
+        if not section.dtls or not section.dtls.fingerprints:
+            raise BadRequest("The offer lacks a DTLS fingerprint (a=fingerprint).")
+        names = {codec.name.lower() for codec in section.rtp.codecs}
+        if section in usable and not names & {n.lower() for n in ACCEPTED[section.kind]}:
+            offered = ", ".join(sorted({c.name for c in section.rtp.codecs})) or "none"
+            raise BadRequest(
+                f"No codec in the {section.kind} offer is supported (offered: {offered}). "
+                f"Stage accepts {describe_accepted()}."
+            )
+    return offer
+
+
+def peer_connection(ice_servers: tuple[str, ...]) -> RTCPeerConnection:
+    # An explicit (possibly empty) list: aiortc falls back to a public STUN server on None.
+    servers = [RTCIceServer(url) for url in ice_servers]
+    return RTCPeerConnection(RTCConfiguration(iceServers=servers))
+
+
+def narrow_codecs(transceiver: RTCRtpTransceiver, names: tuple[str, ...]) -> str | None:
+    """Keep only the first offered codec among `names` (and its RTX) on a transceiver.
+
+    Called between setRemoteDescription and createAnswer. aiortc fixes the answered
+    codecs while applying the offer and has no public way to prefer one afterwards, so
+    this edits the negotiated list it keeps on the transceiver (aiortc 1.16, pinned).
+    Returns the chosen codec's name, or None when none of `names` was offered.
+    """
+    codecs = transceiver._codecs
+    for name in names:
+        chosen = [c for c in codecs if c.name.lower() == name.lower()]
+        if chosen:
+            keep = chosen[0]
+            rtx = [
+                c
+                for c in codecs
+                if c.name.lower() == "rtx" and c.parameters.get("apt") == keep.payloadType
+            ]
+            transceiver._codecs = [keep, *rtx]
+            return keep.name
+    return None

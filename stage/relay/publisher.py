@@ -1,0 +1,209 @@
+"""A publisher: the performer's peer connection, tapped before aiortc decodes anything.
+
+aiortc's receiver reassembles frames in its jitter buffer and queues them for a decoder
+thread. The tap takes that queue's place (see RELAY-NOTES.md), so frames reach the stage
+hub still encoded, while aiortc keeps doing NACK, RTX, receiver reports and keyframe
+requests for us.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import threading
+from typing import Callable
+
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
+from aiortc.rtp import RtcpSrPacket
+
+from ..errors import BadRequest
+from .frames import CLOCK_RATES, MediaFrame, describe_video
+from .negotiation import ACCEPTED, narrow_codecs, parse_offer, peer_connection
+
+logger = logging.getLogger(__name__)
+
+NTP_EPOCH_OFFSET = 2208988800  # seconds from 1900 (NTP) to 1970 (Unix)
+
+
+class FrameTap:
+    """Stands where a receiver's decoder queue was: encoded frames go to a callback.
+
+    `put` runs on the event loop (from the receiver's RTP handler). `get` runs in the
+    receiver's decoder thread, which now only waits for the stop signal.
+    """
+
+    def __init__(self, on_frame: Callable) -> None:
+        self._on_frame = on_frame
+        self._stopped = threading.Event()
+
+    def put(self, item) -> None:
+        if item is None:
+            self._stopped.set()
+            return
+        codec, frame = item
+        try:
+            self._on_frame(codec, frame)
+        except Exception:
+            # Never let a consumer's fault reach aiortc's transport loop.
+            logger.exception("frame tap: consumer failed")
+
+    def get(self):
+        self._stopped.wait()
+        return None
+
+
+class PublishedTrack:
+    """One incoming track: its codec, and how its RTP clock maps to the sender's clock."""
+
+    def __init__(self, publisher: "Publisher", kind: str, codec: str, receiver) -> None:
+        self.publisher = publisher
+        self.kind = kind
+        self.codec = codec
+        self.receiver = receiver
+        self.clock_rate = CLOCK_RATES[kind]
+        self.size: tuple[int, int] | None = None
+        self.last_timestamp = 0
+        # (sender time in seconds since 1970, RTP timestamp counted like frame timestamps)
+        self.sender_report: tuple[float, int] | None = None
+
+    def note_sender_report(self, packet: RtcpSrPacket) -> None:
+        # Frame timestamps are counted from the first frame (aiortc's timestamp mapper);
+        # bring the report's 32-bit RTP time onto that count, taking the nearest wrap.
+        origin = self.receiver._RTCRtpReceiver__timestamp_mapper._origin
+        if origin is None:
+            return
+        raw_now = (origin + self.last_timestamp) & 0xFFFFFFFF
+        delta = (packet.sender_info.rtp_timestamp - raw_now + (1 << 31)) % (1 << 32)
+        counted = self.last_timestamp + delta - (1 << 31)
+        ntp = packet.sender_info.ntp_timestamp
+        seconds = (ntp >> 32) - NTP_EPOCH_OFFSET + (ntp & 0xFFFFFFFF) / (1 << 32)
+        self.sender_report = (seconds, counted)
+
+    def sender_time(self, timestamp: int) -> float | None:
+        """When the publisher captured a frame, by its own clock, if it reported one."""
+        if self.sender_report is None:
+            return None
+        seconds, counted = self.sender_report
+        return seconds + (timestamp - counted) / self.clock_rate
+
+
+class Publisher:
+    def __init__(self, stage_id: str, pc: RTCPeerConnection) -> None:
+        self.id = secrets.token_hex(8)
+        self.stage_id = stage_id
+        self.pc = pc
+        self.tracks: dict[str, PublishedTrack] = {}
+        self.connected = asyncio.Event()
+        self.gone = asyncio.Event()
+        # Where frames go once the stage hub takes this publisher on.
+        self.deliver: Callable[[MediaFrame], None] | None = None
+        self._keyframe_task: asyncio.Task | None = None
+
+        pc.on("connectionstatechange", self._on_state)
+
+    @classmethod
+    async def from_offer(
+        cls, stage_id: str, offer_text: str, ice_servers: tuple[str, ...]
+    ) -> tuple["Publisher", str]:
+        parse_offer(offer_text, sending=True)
+        pc = peer_connection(ice_servers)
+        publisher = cls(stage_id, pc)
+        try:
+            answer = await publisher._negotiate(offer_text)
+        except BaseException:
+            await pc.close()
+            raise
+        return publisher, answer
+
+    async def _negotiate(self, offer_text: str) -> str:
+        pending: list = []
+        self.pc.on("track", lambda track: pending.append(track))
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(offer_text, "offer"))
+        except Exception as exc:
+            logger.debug("publisher offer refused by aiortc: %r", exc)
+            raise BadRequest(f"The offer could not be used: {exc}") from None
+
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.receiver.track is None or transceiver.kind in self.tracks:
+                transceiver.direction = "inactive"
+                continue
+            codec = narrow_codecs(transceiver, ACCEPTED[transceiver.kind])
+            if codec is None:
+                transceiver.direction = "inactive"
+                continue
+            transceiver.direction = "recvonly"
+            self._tap(transceiver.kind, codec, transceiver.receiver)
+        if not self.tracks:
+            raise BadRequest("The offer sends no audio or video Stage can use.")
+
+        answer = await self.pc.createAnswer()
+        await self.pc.setLocalDescription(answer)
+        return self.pc.localDescription.sdp
+
+    def _tap(self, kind: str, codec: str, receiver: RTCRtpReceiver) -> None:
+        track = PublishedTrack(self, kind, codec, receiver)
+        self.tracks[kind] = track
+
+        def on_frame(codec_parameters, jitter_frame) -> None:
+            track.last_timestamp = jitter_frame.timestamp
+            keyframe, size = True, None
+            if kind == "video":
+                keyframe, size = describe_video(track.codec, jitter_frame.data)
+                if size:
+                    track.size = size
+            if self.deliver is not None:
+                self.deliver(
+                    MediaFrame(
+                        kind,
+                        track.codec,
+                        jitter_frame.data,
+                        jitter_frame.timestamp,
+                        track,
+                        keyframe,
+                        size,
+                    )
+                )
+
+        # The receiver's decoder thread has not started yet (that happens once the
+        # connection is up), so its queue can still be swapped.
+        receiver._RTCRtpReceiver__decoder_queue = FrameTap(on_frame)
+
+        handle_rtcp = receiver._handle_rtcp_packet
+
+        async def on_rtcp(packet) -> None:
+            if isinstance(packet, RtcpSrPacket):
+                track.note_sender_report(packet)
+            await handle_rtcp(packet)
+
+        receiver._handle_rtcp_packet = on_rtcp
+
+    @property
+    def video_codec(self) -> str | None:
+        track = self.tracks.get("video")
+        return track.codec if track else None
+
+    def request_keyframe(self) -> None:
+        """Send a PLI upstream (the hub decides how often)."""
+        track = self.tracks.get("video")
+        if track is None or self.gone.is_set():
+            return
+        sources = track.receiver.getSynchronizationSources()
+        for source in sources:
+            logger.debug("publisher %s: PLI to ssrc %s", self.id, source.source)
+            asyncio.ensure_future(track.receiver._send_rtcp_pli(source.source))
+
+    async def _on_state(self) -> None:
+        state = self.pc.connectionState
+        logger.debug("publisher %s: connection %s", self.id, state)
+        if state == "connected":
+            self.connected.set()
+        elif state in ("failed", "closed"):
+            self.gone.set()
+            if state == "failed":
+                await self.pc.close()
+
+    async def close(self) -> None:
+        self.gone.set()
+        await self.pc.close()

@@ -1,0 +1,215 @@
+"""A viewer: one peer connection for the whole visit, fed from whichever stage it is on.
+
+Each outgoing track is a small queue of encoded frames. aiortc's sender takes them as
+packets and only packetizes (RELAY-NOTES.md). Moving to another stage (Next, or the
+performer leaving) re-points the tracks; outgoing timestamps carry on from where they
+were, so the viewer's jitter buffer sees one continuous stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import fractions
+import logging
+import secrets
+import time
+
+import av
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from ..errors import BadRequest
+from .frames import CLOCK_RATES, MediaFrame
+from .negotiation import ACCEPTED, narrow_codecs, parse_offer, peer_connection
+
+logger = logging.getLogger(__name__)
+
+# Frames a viewer may fall behind before it skips to the next keyframe (video) or
+# drops the oldest (audio): about a second either way.
+QUEUE_LIMIT = {"video": 30, "audio": 50}
+# The gap put between the last frame of one source and the first of the next.
+SWITCH_GAP = {"video": 3000, "audio": 960}
+
+
+class ViewerTrack(MediaStreamTrack):
+    def __init__(self, kind: str, viewer: "Viewer") -> None:
+        super().__init__()
+        self.kind = kind
+        self._viewer = viewer
+        self._rate = CLOCK_RATES[kind]
+        self._time_base = fractions.Fraction(1, self._rate)
+        self._frames: collections.deque = collections.deque()
+        self._arrived = asyncio.Event()
+        self._source = None
+        self._offset = 0
+        self._last_pts: int | None = None
+        self._last_sent = 0.0
+        self._needs_keyframe = kind == "video"
+        self.forwarded = 0
+        self.dropped = 0
+
+    def retarget(self) -> None:
+        """Forget the current source: the next frame, from any source, re-anchors."""
+        self._frames.clear()
+        self._source = None
+        self._needs_keyframe = self.kind == "video"
+
+    def push(self, frame: MediaFrame) -> None:
+        if self.readyState != "live":
+            return
+        if frame.source is not self._source:
+            if self._needs_keyframe and not frame.keyframe:
+                return
+            self._anchor(frame)
+        if self._needs_keyframe:
+            if not frame.keyframe:
+                self._viewer.want_keyframe()
+                return
+            self._needs_keyframe = False
+
+        if len(self._frames) >= QUEUE_LIMIT[self.kind]:
+            self.dropped += len(self._frames)
+            if self.kind == "video":
+                # Too slow: skip ahead to the next picture that stands on its own.
+                self._frames.clear()
+                if not frame.keyframe:
+                    self._needs_keyframe = True
+                    self._viewer.want_keyframe()
+                    return
+            else:
+                self._frames.popleft()
+
+        self._frames.append((frame.data, frame.timestamp + self._offset))
+        self._arrived.set()
+
+    def _anchor(self, frame: MediaFrame) -> None:
+        if self._last_pts is None:
+            start = 0
+        else:
+            # Carry on from the last timestamp sent, plus the wall time since then,
+            # so a switch looks to the browser like a short gap, never a jump back.
+            idle = int((time.monotonic() - self._last_sent) * self._rate)
+            start = self._last_pts + max(SWITCH_GAP[self.kind], idle)
+        self._offset = start - frame.timestamp
+        self._source = frame.source
+        self._frames.clear()
+
+    async def recv(self) -> av.Packet:
+        while not self._frames:
+            if self.readyState != "live":
+                raise MediaStreamError
+            self._arrived.clear()
+            await self._arrived.wait()
+        data, pts = self._frames.popleft()
+        packet = av.Packet(data)
+        packet.pts = pts
+        packet.time_base = self._time_base
+        self._last_pts = pts
+        self._last_sent = time.monotonic()
+        self.forwarded += 1
+        return packet
+
+    def stop(self) -> None:
+        super().stop()
+        self._arrived.set()
+
+
+class Viewer:
+    """A visit: a peer connection, its tracks, and the stage they are on."""
+
+    def __init__(self, visitor: str, pc: RTCPeerConnection) -> None:
+        self.id = secrets.token_hex(8)
+        self.visitor = visitor
+        self.pc = pc
+        self.tracks: dict[str, ViewerTrack] = {}
+        self.hub = None
+        self.recent: collections.deque[str] = collections.deque(maxlen=3)
+        self.video_codec: str | None = None
+        self.joined_at = time.monotonic()
+        self.gone = asyncio.Event()
+        self.watch_id: int | None = None
+        pc.on("connectionstatechange", self._on_state)
+
+    @classmethod
+    async def from_offer(
+        cls, visitor: str, offer_text: str, ice_servers: tuple[str, ...], video_codec
+    ) -> tuple["Viewer", str]:
+        """Answer a viewer's offer, sending video in `video_codec` if it can take it."""
+        parse_offer(offer_text, sending=False)
+        pc = peer_connection(ice_servers)
+        viewer = cls(visitor, pc)
+        try:
+            answer = await viewer._negotiate(offer_text, video_codec)
+        except BaseException:
+            await pc.close()
+            raise
+        return viewer, answer
+
+    async def _negotiate(self, offer_text: str, video_codec: str | None) -> str:
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(offer_text, "offer"))
+        except Exception as exc:
+            logger.debug("viewer offer refused by aiortc: %r", exc)
+            raise BadRequest(f"The offer could not be used: {exc}") from None
+
+        for transceiver in self.pc.getTransceivers():
+            kind = transceiver.kind
+            if kind in self.tracks or transceiver.direction not in ("recvonly", "sendrecv"):
+                transceiver.direction = "inactive"
+                continue
+            preferred = ACCEPTED[kind]
+            if kind == "video" and video_codec:
+                preferred = (video_codec, *[c for c in preferred if c != video_codec])
+            codec = narrow_codecs(transceiver, preferred)
+            if codec is None:
+                transceiver.direction = "inactive"
+                continue
+            if kind == "video":
+                self.video_codec = codec
+            track = ViewerTrack(kind, self)
+            self.tracks[kind] = track
+            sender = self.pc.addTrack(track)
+            # In packet mode aiortc drops a viewer's PLI/FIR (it would only flag an
+            # encoder that does not exist); send it to the publisher instead.
+            sender._send_keyframe = self.want_keyframe
+        if not self.tracks:
+            raise BadRequest("The offer can receive neither Opus audio nor VP8/H.264 video.")
+
+        answer = await self.pc.createAnswer()
+        await self.pc.setLocalDescription(answer)
+        return self.pc.localDescription.sdp
+
+    def want_keyframe(self) -> None:
+        if self.hub is not None:
+            self.hub.want_keyframe()
+
+    def attach(self, hub) -> None:
+        """Feed this viewer from `hub` (or from nothing, when `hub` is None)."""
+        if self.hub is not None:
+            for kind, track in self.tracks.items():
+                self.hub.unsubscribe(kind, track)
+            self.hub.viewers.discard(self)
+        self.hub = hub
+        for track in self.tracks.values():
+            track.retarget()
+        if hub is None:
+            return
+        self.recent.append(hub.stage_id)
+        hub.viewers.add(self)
+        hub.peak = max(hub.peak, hub.watching)
+        for kind, track in self.tracks.items():
+            hub.subscribe(kind, track)
+        hub.want_keyframe()
+
+    async def _on_state(self) -> None:
+        state = self.pc.connectionState
+        logger.debug("viewer %s: connection %s", self.id, state)
+        if state in ("failed", "closed"):
+            self.gone.set()
+
+    async def close(self) -> None:
+        self.gone.set()
+        for track in self.tracks.values():
+            track.stop()
+        await self.pc.close()

@@ -1,0 +1,107 @@
+"""The web application: routes, pages and the objects that live as long as the app."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+
+from . import api, pages, signalling
+from .appkeys import SETTINGS, STORE, VENUE
+from .config import Settings
+from .errors import StageError
+from .relay.ice import gather_on
+from .store import Store
+from .venue import Venue
+
+logger = logging.getLogger(__name__)
+
+WEB = Path(__file__).resolve().parent.parent / "web"
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; "
+    "style-src 'self'; script-src 'self'; connect-src 'self'; object-src 'none'; "
+    "base-uri 'none'; frame-ancestors 'none'"
+)
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[errors_as_json, security_headers])
+    app[SETTINGS] = settings
+    aiohttp_jinja2.setup(
+        app,
+        loader=jinja2.FileSystemLoader(WEB / "templates"),
+        context_processors=[page_context],
+        autoescape=True,
+    )
+    app.cleanup_ctx.append(venue_lifetime)
+    api.add_routes(app.router)
+    signalling.add_routes(app.router)
+    pages.add_routes(app.router)
+    app.router.add_static("/static/", WEB / "static", name="static")
+    return app
+
+
+async def venue_lifetime(app: web.Application):
+    settings = app[SETTINGS]
+    settings.data.mkdir(parents=True, exist_ok=True)
+    gather_on(settings.ice_addresses)
+    store = Store(settings.database, settings.view_seconds)
+    venue = Venue(store, settings.data, settings.ice_servers, settings.max_viewers)
+    await venue.recover()
+    app[STORE] = store
+    app[VENUE] = venue
+    logger.info("Stage ready: data in %s", settings.data.resolve())
+    yield
+    await venue.close()
+    store.close()
+
+
+async def page_context(request: web.Request) -> dict:
+    return {"ice_servers_json": json.dumps(list(request.app[SETTINGS].ice_servers))}
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except StageError as exc:
+        logger.info("%s %s -> %s: %s", request.method, request.path, exc.status, exc.message)
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+        return web.json_response({"error": exc.message}, status=exc.status, headers=headers)
+    except web.HTTPException as exc:
+        if exc.status < 400 or not _wants_json(request):
+            raise
+        message = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else exc.reason
+        return web.json_response(
+            {"error": message}, status=exc.status, headers=_kept_headers(exc)
+        )
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        logger.exception("%s %s failed", request.method, request.path)
+        return web.json_response(
+            {"error": "Something went wrong on our side. Please try again."}, status=500
+        )
+
+
+def _wants_json(request: web.Request) -> bool:
+    return request.path.startswith(("/api/", "/whip", "/whep"))
+
+
+def _kept_headers(exc: web.HTTPException) -> dict:
+    return {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
+
+
+@web.middleware
+async def security_headers(request: web.Request, handler):
+    response = await handler(request)
+    response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    return response

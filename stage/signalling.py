@@ -1,0 +1,127 @@
+"""WHIP (RFC 9725) for publishers and WHEP, plus Next, for viewers."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from .api import send_events
+from .appkeys import STORE, VENUE
+from .requests import find_stage, read_sdp, remember_visitor, require_key, visitor_id
+
+logger = logging.getLogger(__name__)
+
+CORS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "OPTIONS, POST, DELETE",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type",
+    "Access-Control-Expose-Headers": "Location",
+    "Accept-Post": "application/sdp",
+}
+
+
+def add_routes(router: web.UrlDispatcher) -> None:
+    router.add_post("/whip/{id}", publish)
+    router.add_route("OPTIONS", "/whip/{id}", options)
+    router.add_delete("/whip/{id}/publishers/{publisher}", unpublish)
+    router.add_route("PATCH", "/whip/{id}/publishers/{publisher}", trickle)
+    router.add_post("/whep", watch)
+    router.add_route("OPTIONS", "/whep", options)
+    router.add_post("/whep/{id}", watch)
+    router.add_route("OPTIONS", "/whep/{id}", options)
+    router.add_get("/whep/viewers/{viewer}", show_viewer)
+    router.add_get("/whep/viewers/{viewer}/events", viewer_events)
+    router.add_post("/whep/viewers/{viewer}/next", next_stage)
+    router.add_delete("/whep/viewers/{viewer}", leave)
+    router.add_route("PATCH", "/whep/viewers/{viewer}", trickle)
+
+
+async def options(request: web.Request) -> web.Response:
+    return web.Response(status=204, headers=CORS)
+
+
+def sdp_answer(sdp: str, location: str) -> web.Response:
+    return web.Response(
+        status=201,
+        text=sdp,
+        content_type="application/sdp",
+        headers={"Location": location, "Access-Control-Allow-Origin": "*",
+                 "Access-Control-Expose-Headers": "Location"},
+    )
+
+
+async def trickle(request: web.Request) -> web.Response:
+    # The answer already carries every server candidate and aiortc takes no remote
+    # candidates after the offer, so trickled ones have nowhere to go.
+    raise web.HTTPMethodNotAllowed(request.method, ["DELETE"])
+
+
+# publishing
+
+
+async def publish(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    stage = find_stage(store, request.match_info["id"])
+    require_key(request, store, stage)
+    offer = await read_sdp(request)
+    publisher = await request.app[VENUE].publish(stage, offer)
+    return sdp_answer(publisher.answer, f"/whip/{stage.id}/publishers/{publisher.id}")
+
+
+async def unpublish(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    stage = find_stage(store, request.match_info["id"])
+    require_key(request, store, stage)
+    await request.app[VENUE].unpublish(stage.id, request.match_info["publisher"])
+    return web.Response(status=200, headers={"Access-Control-Allow-Origin": "*"})
+
+
+# watching
+
+
+async def watch(request: web.Request) -> web.Response:
+    stage_id = request.match_info.get("id")
+    if stage_id is not None:
+        find_stage(request.app[STORE], stage_id)
+    offer = await read_sdp(request)
+    visitor, new = visitor_id(request)
+    viewer = await request.app[VENUE].watch(visitor, offer, stage_id)
+    response = sdp_answer(viewer.answer, f"/whep/viewers/{viewer.id}")
+    if new:
+        remember_visitor(response, visitor)
+    return response
+
+
+def viewer_summary(viewer) -> dict:
+    hub = viewer.hub
+    if hub is None:
+        return {"stage": None}
+    return {"stage": {"id": hub.stage_id, "name": hub.name, "viewers": hub.watching}}
+
+
+async def show_viewer(request: web.Request) -> web.Response:
+    viewer = request.app[VENUE].viewer(request.match_info["viewer"])
+    return web.json_response(viewer_summary(viewer))
+
+
+async def viewer_events(request: web.Request) -> web.StreamResponse:
+    venue = request.app[VENUE]
+    viewer = venue.viewer(request.match_info["viewer"])
+
+    # The venue notifies a viewer's topic when its stage changes and when the count
+    # on that stage does.
+    return await send_events(request, ("viewer", viewer.id), lambda: viewer_summary(viewer))
+
+
+async def next_stage(request: web.Request) -> web.Response:
+    venue = request.app[VENUE]
+    venue.next(request.match_info["viewer"])
+    return web.json_response(viewer_summary(venue.viewer(request.match_info["viewer"])))
+
+
+async def leave(request: web.Request) -> web.Response:
+    venue = request.app[VENUE]
+    venue.viewer(request.match_info["viewer"])
+    await venue.leave(request.match_info["viewer"])
+    return web.Response(status=200, headers={"Access-Control-Allow-Origin": "*"})

@@ -1,0 +1,230 @@
+"""SQLite store: stages, performances, watches.
+
+Counts are derived from the watch rows (who watched which performance, from when to
+when), never kept as counters that could drift. Every call is short and runs on the
+event loop; none of them sits on the media path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS stages (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    key_hash TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS performances (
+    id TEXT PRIMARY KEY,
+    stage_id TEXT NOT NULL REFERENCES stages(id),
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    peak_viewers INTEGER NOT NULL DEFAULT 0,
+    recording_path TEXT,
+    recording_state TEXT NOT NULL DEFAULT 'recording',
+    recording_bytes INTEGER NOT NULL DEFAULT 0,
+    recording_error TEXT
+);
+CREATE INDEX IF NOT EXISTS performances_by_stage ON performances(stage_id, started_at);
+CREATE TABLE IF NOT EXISTS watches (
+    id INTEGER PRIMARY KEY,
+    performance_id TEXT NOT NULL REFERENCES performances(id),
+    viewer TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    ended_at REAL
+);
+CREATE INDEX IF NOT EXISTS watches_by_performance ON watches(performance_id, viewer);
+"""
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    id: str
+    name: str
+    key_hash: str
+
+
+@dataclass(frozen=True)
+class PerformanceRecord:
+    id: str
+    stage_id: str
+    started_at: float
+    ended_at: float | None
+    peak_viewers: int
+    recording_path: str | None
+    recording_state: str
+    recording_bytes: int
+    recording_error: str | None
+
+
+def hash_key(key: str) -> str:
+    # Keys are 32 random bytes, so a plain digest is enough: nothing to brute-force.
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class Store:
+    def __init__(self, path: Path, view_seconds: float) -> None:
+        self.view_seconds = view_seconds
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+        self.secret = self._session_secret()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _session_secret(self) -> bytes:
+        row = self._db.execute("SELECT value FROM secrets WHERE name='session'").fetchone()
+        if row is None:
+            value = secrets.token_hex(32)
+            self._db.execute("INSERT INTO secrets VALUES ('session', ?)", (value,))
+            return bytes.fromhex(value)
+        return bytes.fromhex(row["value"])
+
+    # stages
+
+    def create_stage(self, name: str) -> tuple[StageRecord, str]:
+        key = secrets.token_urlsafe(32)
+        stage = StageRecord(secrets.token_hex(6), name, hash_key(key))
+        self._db.execute(
+            "INSERT INTO stages (id, name, key_hash, created_at) VALUES (?, ?, ?, ?)",
+            (stage.id, stage.name, stage.key_hash, time.time()),
+        )
+        return stage, key
+
+    def stage(self, stage_id: str) -> StageRecord | None:
+        row = self._db.execute(
+            "SELECT id, name, key_hash FROM stages WHERE id=?", (stage_id,)
+        ).fetchone()
+        return StageRecord(**row) if row else None
+
+    def key_matches(self, stage: StageRecord, key: str | None) -> bool:
+        if not key:
+            return False
+        return hmac.compare_digest(stage.key_hash, hash_key(key))
+
+    def session_token(self, stage: StageRecord) -> str:
+        # Bound to the key hash, so a new key ends every dashboard session.
+        message = f"{stage.id}:{stage.key_hash}".encode()
+        return hmac.new(self.secret, message, hashlib.sha256).hexdigest()
+
+    def session_matches(self, stage: StageRecord, token: str | None) -> bool:
+        return bool(token) and hmac.compare_digest(self.session_token(stage), token)
+
+    # performances
+
+    def start_performance(self, stage_id: str, started_at: float) -> str:
+        performance_id = secrets.token_hex(8)
+        self._db.execute(
+            "INSERT INTO performances (id, stage_id, started_at) VALUES (?, ?, ?)",
+            (performance_id, stage_id, started_at),
+        )
+        return performance_id
+
+    def end_performance(self, performance_id: str, ended_at: float) -> None:
+        self._db.execute(
+            "UPDATE performances SET ended_at=? WHERE id=? AND ended_at IS NULL",
+            (ended_at, performance_id),
+        )
+        self._db.execute(
+            "UPDATE watches SET ended_at=? WHERE performance_id=? AND ended_at IS NULL",
+            (ended_at, performance_id),
+        )
+
+    def raise_peak(self, performance_id: str, watching: int) -> None:
+        self._db.execute(
+            "UPDATE performances SET peak_viewers=MAX(peak_viewers, ?) WHERE id=?",
+            (watching, performance_id),
+        )
+
+    def set_recording(
+        self,
+        performance_id: str,
+        *,
+        state: str,
+        path: str | None = None,
+        size: int | None = None,
+        error: str | None = None,
+    ) -> None:
+        self._db.execute(
+            "UPDATE performances SET recording_state=?,"
+            " recording_path=COALESCE(?, recording_path),"
+            " recording_bytes=COALESCE(?, recording_bytes),"
+            " recording_error=COALESCE(?, recording_error) WHERE id=?",
+            (state, path, size, error, performance_id),
+        )
+
+    def performance(self, performance_id: str) -> PerformanceRecord | None:
+        row = self._db.execute(
+            "SELECT * FROM performances WHERE id=?", (performance_id,)
+        ).fetchone()
+        return PerformanceRecord(**row) if row else None
+
+    def performances(self, stage_id: str) -> list[PerformanceRecord]:
+        rows = self._db.execute(
+            "SELECT * FROM performances WHERE stage_id=? ORDER BY started_at DESC",
+            (stage_id,),
+        ).fetchall()
+        return [PerformanceRecord(**row) for row in rows]
+
+    def unfinished_performances(self) -> list[PerformanceRecord]:
+        rows = self._db.execute(
+            "SELECT * FROM performances WHERE ended_at IS NULL"
+            " OR recording_state IN ('recording', 'finishing')"
+        ).fetchall()
+        return [PerformanceRecord(**row) for row in rows]
+
+    # watches
+
+    def start_watch(self, performance_id: str, viewer: str, at: float) -> int:
+        cursor = self._db.execute(
+            "INSERT INTO watches (performance_id, viewer, started_at) VALUES (?, ?, ?)",
+            (performance_id, viewer, at),
+        )
+        return cursor.lastrowid
+
+    def end_watch(self, watch_id: int, at: float) -> None:
+        self._db.execute(
+            "UPDATE watches SET ended_at=? WHERE id=? AND ended_at IS NULL", (at, watch_id)
+        )
+
+    def views(self, performance_ids: list[str], now: float) -> dict[str, int]:
+        """Distinct viewers per performance who watched at least `view_seconds` in all."""
+        if not performance_ids:
+            return {}
+        marks = ",".join("?" * len(performance_ids))
+        rows = self._db.execute(
+            "SELECT performance_id, COUNT(*) AS views FROM ("
+            "  SELECT performance_id, viewer,"
+            "   SUM(COALESCE(ended_at, ?) - started_at) AS watched"
+            f"  FROM watches WHERE performance_id IN ({marks})"
+            "  GROUP BY performance_id, viewer"
+            ") WHERE watched >= ? GROUP BY performance_id",
+            (now, *performance_ids, self.view_seconds),
+        ).fetchall()
+        return {row["performance_id"]: row["views"] for row in rows}
+
+    def stage_views(self, stage_id: str, now: float) -> int:
+        ids = [p.id for p in self.performances(stage_id)]
+        return sum(self.views(ids, now).values())
+
+    def close_interrupted(self, at: float) -> None:
+        """After a crash: end what was open, at the last moment we can vouch for."""
+        self._db.execute("UPDATE watches SET ended_at=? WHERE ended_at IS NULL", (at,))
+        self._db.execute(
+            "UPDATE performances SET ended_at=started_at WHERE ended_at IS NULL"
+        )

@@ -1,0 +1,351 @@
+"""The venue: stages going live and ending, viewers arriving, moving on and leaving.
+
+It ties the relay (publishers, hubs, viewers), the recorder and the store together and
+keeps the one in-process directory of what is live. Everything here runs on the event
+loop; nothing here touches a media packet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .bulletin import Bulletin
+from .errors import Conflict, Full, NotFound
+from .recorder.files import LIVE_SUFFIX, finish
+from .recorder.recording import Recording
+from .relay import roulette
+from .relay.hub import StageHub
+from .relay.publisher import Publisher
+from .relay.viewer import Viewer
+from .store import StageRecord, Store
+
+logger = logging.getLogger(__name__)
+
+# A publisher or viewer whose connection is not up by then is given up on.
+CONNECT_TIMEOUT = 30.0
+RETRY_AFTER = 3
+
+
+class Performance:
+    """What belongs to one live run of a stage besides its hub: its row and recording."""
+
+    def __init__(self, performance_id: str, recording: Recording | None) -> None:
+        self.id = performance_id
+        self.recording = recording
+
+
+class Venue:
+    def __init__(
+        self,
+        store: Store,
+        data: Path,
+        ice_servers: tuple[str, ...],
+        max_viewers: int,
+    ) -> None:
+        self.store = store
+        self.data = data
+        self.ice_servers = ice_servers
+        self.max_viewers = max_viewers
+        self.bulletin = Bulletin()
+        self.hubs: dict[str, StageHub] = {}
+        self.performances: dict[str, Performance] = {}  # by stage id
+        self.publishers: dict[str, Publisher] = {}  # every publisher not yet gone
+        self.viewers: dict[str, Viewer] = {}
+        self._tasks: set[asyncio.Task] = set()
+
+    # publishing
+
+    async def publish(self, stage: StageRecord, offer: str) -> Publisher:
+        publisher, answer = await Publisher.from_offer(stage.id, offer, self.ice_servers)
+        publisher.answer = answer
+        self.publishers[publisher.id] = publisher
+        self._spawn(self._run_publisher(stage, publisher))
+        logger.info("stage %s: publisher %s offered %s", stage.id, publisher.id,
+                    "+".join(sorted(publisher.tracks)))
+        return publisher
+
+    async def _run_publisher(self, stage: StageRecord, publisher: Publisher) -> None:
+        try:
+            connected = asyncio.ensure_future(publisher.connected.wait())
+            gone = asyncio.ensure_future(publisher.gone.wait())
+            await asyncio.wait({connected, gone}, timeout=CONNECT_TIMEOUT,
+                               return_when=asyncio.FIRST_COMPLETED)
+            connected.cancel()
+            if publisher.connected.is_set() and not publisher.gone.is_set():
+                self._go_live(stage, publisher)
+                await gone
+            else:
+                gone.cancel()
+                logger.info("stage %s: publisher %s never connected", stage.id, publisher.id)
+        finally:
+            await self._publisher_gone(publisher)
+
+    def _go_live(self, stage: StageRecord, publisher: Publisher) -> None:
+        hub = self.hubs.get(stage.id)
+        if hub is None:
+            hub = StageHub(stage.id, stage.name, publisher)
+            self.hubs[stage.id] = hub
+            logger.info("stage %s: live (%s)", stage.id, stage.name)
+        else:
+            # The same key published again during the show (a reload, an encoder
+            # restart): the new publisher takes over, viewers stay, and the old
+            # connection's performance ends so that each recording has one source.
+            old = hub.replace_publisher(publisher)
+            logger.info("stage %s: publisher %s replaced by %s", stage.id, old.id, publisher.id)
+            self._spawn(self._close_performance(stage.id, self._take_performance(stage.id)))
+            self._spawn(old.close())
+        self._start_performance(hub)
+        self._seat_waiting_viewers(hub)
+        self.bulletin.notify(("stage", stage.id))
+
+    async def _publisher_gone(self, publisher: Publisher) -> None:
+        self.publishers.pop(publisher.id, None)
+        await publisher.close()
+        hub = self.hubs.get(publisher.stage_id)
+        if hub is not None and hub.publisher is publisher:
+            await self.end_stage(hub)
+
+    async def unpublish(self, stage_id: str, publisher_id: str) -> None:
+        publisher = self.publishers.get(publisher_id)
+        if publisher is None or publisher.stage_id != stage_id:
+            raise NotFound("This publishing session does not exist or has already ended.")
+        await publisher.close()
+        hub = self.hubs.get(stage_id)
+        if hub is not None and hub.publisher is publisher:
+            await self.end_stage(hub)
+
+    async def end_stage(self, hub: StageHub) -> None:
+        if self.hubs.get(hub.stage_id) is not hub:
+            return
+        del self.hubs[hub.stage_id]
+        hub.end()
+        logger.info("stage %s: ended, moving %d viewers on", hub.stage_id, hub.watching)
+        for viewer in list(hub.viewers):
+            self._move(viewer, self._choose(viewer, exclude=hub.stage_id))
+        await self._close_performance(hub.stage_id, self._take_performance(hub.stage_id))
+
+    # performances and recordings
+
+    def _start_performance(self, hub: StageHub) -> None:
+        now = time.time()
+        performance_id = self.store.start_performance(hub.stage_id, now)
+        started = datetime.fromtimestamp(now, timezone.utc)
+
+        def on_failure(reason: str) -> None:
+            self.store.set_recording(performance_id, state="failed", error=reason)
+            self.bulletin.notify(("stage", hub.stage_id))
+
+        recording = Recording(
+            self.data / hub.stage_id,
+            started,
+            dict(hub.publisher.tracks),
+            hub.video_codec,
+            on_failure,
+        )
+        self.store.set_recording(
+            performance_id, state="recording", path=self._relative(recording.path)
+        )
+        for kind in hub.publisher.tracks:
+            hub.subscribe(kind, recording)
+        hub.want_keyframe()
+        self.performances[hub.stage_id] = Performance(performance_id, recording)
+        hub.peak = hub.watching
+        for viewer in hub.viewers:
+            self._end_watch(viewer)
+            self._start_watch(viewer, hub)
+        self.store.raise_peak(performance_id, hub.watching)
+
+    def _take_performance(self, stage_id: str) -> Performance | None:
+        """End a performance's row and feed at once; its file is closed after."""
+        performance = self.performances.pop(stage_id, None)
+        if performance is None:
+            return None
+        hub = self.hubs.get(stage_id)
+        if hub is not None:
+            for kind in ("audio", "video"):
+                hub.unsubscribe(kind, performance.recording)
+        self.store.end_performance(performance.id, time.time())
+        return performance
+
+    async def _close_performance(self, stage_id: str, performance: Performance | None) -> None:
+        if performance is None:
+            return
+        recording = performance.recording
+        failed = recording.state == "failed"
+        finished = await recording.close()
+        if finished.path is None:
+            self.store.set_recording(performance.id, state="failed" if failed else "empty",
+                                     size=0)
+        else:
+            self.store.set_recording(
+                performance.id,
+                state="truncated" if failed else "ready",
+                path=self._relative(finished.path),
+                size=finished.size,
+            )
+        self.bulletin.notify(("stage", stage_id))
+
+    def recording_state(self, stage_id: str) -> dict | None:
+        performance = self.performances.get(stage_id)
+        if performance is None:
+            return None
+        return {"state": performance.recording.state, "error": performance.recording.error}
+
+    def _relative(self, path: Path) -> str:
+        return str(path.relative_to(self.data))
+
+    async def recover(self) -> None:
+        """After a crash: finish the live files left behind and close what was open."""
+        rows = {p.recording_path: p for p in self.store.unfinished_performances()}
+        loop = asyncio.get_running_loop()
+        for live in sorted(self.data.glob(f"*/*{LIVE_SUFFIX}.*")):
+            finished = await loop.run_in_executor(None, finish, live)
+            row = rows.pop(self._relative(finished.path or live).replace(LIVE_SUFFIX, ""), None)
+            logger.info("recording %s recovered: %.1f s", live.name, finished.duration)
+            if row is None:
+                continue
+            self.store.end_performance(row.id, row.started_at + finished.duration)
+            if finished.path is None:
+                self.store.set_recording(row.id, state="empty", size=0)
+            else:
+                self.store.set_recording(row.id, state="ready", size=finished.size,
+                                         path=self._relative(finished.path))
+        for row in rows.values():
+            self.store.end_performance(row.id, row.started_at)
+            if row.recording_state in ("recording", "finishing"):
+                self.store.set_recording(row.id, state="empty", size=0)
+        self.store.close_interrupted(time.time())
+
+    # viewers
+
+    async def watch(self, visitor: str, offer: str, stage_id: str | None) -> Viewer:
+        if len(self.viewers) >= self.max_viewers:
+            raise Full("Stage is full right now. Try again in a moment.",
+                       retry_after=RETRY_AFTER * 5)
+        if stage_id is not None:
+            hub = self.hubs.get(stage_id)
+            if hub is None:
+                raise Conflict("This stage is not live right now.", retry_after=RETRY_AFTER)
+        else:
+            hub = roulette.choose(list(self.hubs.values()))
+            if hub is None:
+                raise Conflict("Nobody is on stage right now.", retry_after=RETRY_AFTER)
+        viewer, answer = await Viewer.from_offer(visitor, offer, self.ice_servers,
+                                                 hub.video_codec)
+        viewer.answer = answer
+        self.viewers[viewer.id] = viewer
+        if hub.ended or not self._fits(viewer, hub):
+            hub = self._choose(viewer)
+        self._move(viewer, hub)
+        self._spawn(self._run_viewer(viewer))
+        logger.info("viewer %s: joined stage %s", viewer.id, hub.stage_id if hub else None)
+        return viewer
+
+    async def _run_viewer(self, viewer: Viewer) -> None:
+        try:
+            await asyncio.wait_for(viewer.gone.wait(), CONNECT_TIMEOUT)
+        except asyncio.TimeoutError:
+            if viewer.pc.connectionState != "connected":
+                logger.info("viewer %s: never connected", viewer.id)
+                await viewer.close()
+            else:
+                await viewer.gone.wait()
+        finally:
+            await self.leave(viewer.id)
+
+    def viewer(self, viewer_id: str) -> Viewer:
+        viewer = self.viewers.get(viewer_id)
+        if viewer is None:
+            raise NotFound("This viewer does not exist or has left.")
+        return viewer
+
+    def next(self, viewer_id: str) -> StageHub:
+        viewer = self.viewer(viewer_id)
+        current = viewer.hub.stage_id if viewer.hub else None
+        hub = self._choose(viewer, exclude=current)
+        if hub is None:
+            raise Conflict("No other stage is live right now.", retry_after=RETRY_AFTER)
+        self._move(viewer, hub)
+        return hub
+
+    async def leave(self, viewer_id: str) -> None:
+        viewer = self.viewers.pop(viewer_id, None)
+        if viewer is None:
+            return
+        watched = time.monotonic() - viewer.joined_at
+        self._move(viewer, None)
+        await viewer.close()
+        logger.info("viewer %s: left after %.1f s", viewer.id, watched)
+
+    def _fits(self, viewer: Viewer, hub: StageHub) -> bool:
+        # A viewer's video sender speaks the one codec it negotiated.
+        return hub.video_codec is None or "video" not in viewer.tracks or (
+            hub.video_codec == viewer.video_codec
+        )
+
+    def _choose(self, viewer: Viewer, exclude: str | None = None) -> StageHub | None:
+        candidates = [h for h in self.hubs.values() if self._fits(viewer, h)]
+        return roulette.choose(candidates, current=exclude, recent=tuple(viewer.recent))
+
+    def _move(self, viewer: Viewer, hub: StageHub | None) -> None:
+        old = viewer.hub
+        self._end_watch(viewer)
+        viewer.attach(hub)
+        if hub is not None:
+            self._start_watch(viewer, hub)
+            performance = self.performances.get(hub.stage_id)
+            if performance is not None:
+                self.store.raise_peak(performance.id, hub.watching)
+            self._announce(hub)
+        if old is not None and old is not hub:
+            self._announce(old)
+        self.bulletin.notify(("viewer", viewer.id))
+
+    def _announce(self, hub: StageHub) -> None:
+        """Tell the stage's page and each of its viewers' pages that something changed."""
+        self.bulletin.notify(("stage", hub.stage_id))
+        for viewer in hub.viewers:
+            self.bulletin.notify(("viewer", viewer.id))
+
+    def _seat_waiting_viewers(self, hub: StageHub) -> None:
+        for viewer in self.viewers.values():
+            if viewer.hub is None and self._fits(viewer, hub):
+                self._move(viewer, hub)
+
+    def _start_watch(self, viewer: Viewer, hub: StageHub) -> None:
+        performance = self.performances.get(hub.stage_id)
+        if performance is not None:
+            viewer.watch_id = self.store.start_watch(performance.id, viewer.visitor,
+                                                     time.time())
+
+    def _end_watch(self, viewer: Viewer) -> None:
+        if viewer.watch_id is not None:
+            self.store.end_watch(viewer.watch_id, time.time())
+            viewer.watch_id = None
+
+    # lifetime
+
+    def _spawn(self, coroutine) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("venue task failed", exc_info=task.exception())
+
+    async def close(self) -> None:
+        for viewer_id in list(self.viewers):
+            await self.leave(viewer_id)
+        for hub in list(self.hubs.values()):
+            await self.end_stage(hub)
+        for publisher in list(self.publishers.values()):
+            await publisher.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,241 @@
+// Artist dashboard: all-time views and every performance with its
+// recording. Asks for the stage key once; the server then keeps an
+// HttpOnly session cookie, which also opens the download links.
+
+import { requestJson } from './api.js';
+import { byId, savedPerformer, show } from './page.js';
+
+const RELOAD_DELAY_MS = 1000;
+
+const root = byId('dashboard');
+const stageId = root.dataset.stageId;
+const base = `/api/stages/${encodeURIComponent(stageId)}`;
+
+const signInForm = byId('sign-in-form');
+const keyInput = byId('key');
+const signInButton = byId('sign-in');
+const signInError = byId('sign-in-error');
+const loading = byId('dashboard-loading');
+const loadError = byId('dashboard-error');
+const body = byId('dashboard-body');
+
+const nameHeading = byId('dashboard-name');
+const liveCell = byId('stage-live');
+const viewersCell = byId('stage-viewers');
+const viewsCell = byId('stage-views');
+const countCell = byId('performance-count');
+const table = byId('performances');
+const rows = byId('performance-rows');
+const empty = byId('no-performances');
+
+let events = null;
+let lastShape = '';
+let reloadTimer = null;
+
+async function load() {
+  show(loading, true);
+  try {
+    const [{ performances }, stage] = await Promise.all([
+      requestJson(`${base}/performances`),
+      requestJson(base),
+    ]);
+    show(signInForm, false);
+    show(loadError, false);
+    showStage(stage);
+    render(performances);
+    show(body, true);
+    listen();
+  } catch (err) {
+    if (err.status === 401) {
+      askForKey();
+    } else {
+      loadError.textContent = `Could not load this stage: ${err.message}`;
+      show(loadError, true);
+    }
+  } finally {
+    show(loading, false);
+  }
+}
+
+function askForKey() {
+  const saved = savedPerformer();
+  if (saved && saved.id === stageId && !keyInput.value) {
+    keyInput.value = saved.key;
+  }
+  show(body, false);
+  show(signInForm, true);
+  (keyInput.value ? signInButton : keyInput).focus();
+}
+
+signInForm.addEventListener('submit', async (event) => {
+  event.preventDefault();
+  const key = keyInput.value.trim();
+  if (!key) {
+    showSignInError('Enter the key you got when you created the stage.');
+    return;
+  }
+
+  signInButton.disabled = true;
+  try {
+    await requestJson(`${base}/session`, { body: { key } });
+    show(signInError, false);
+    keyInput.value = '';
+    await load();
+  } catch (err) {
+    showSignInError(err.status === 401
+      ? 'That key does not open this stage.'
+      : err.message);
+  } finally {
+    signInButton.disabled = false;
+  }
+});
+
+function showSignInError(text) {
+  signInError.textContent = text;
+  show(signInError, true);
+}
+
+// the stage
+
+function showStage(stage) {
+  nameHeading.textContent = stage.name;
+  document.title = `${stage.name} — Stage dashboard`;
+  liveCell.textContent = stage.live ? 'Live' : 'Off air';
+  liveCell.dataset.state = stage.live ? 'live' : 'off';
+  viewersCell.textContent = String(stage.viewers ?? 0);
+  viewsCell.textContent = String(stage.views ?? 0);
+}
+
+// Live counts arrive as events; the performance list is reloaded only when
+// a show starts or ends or its recording changes state.
+function listen() {
+  if (events) {
+    return;
+  }
+  events = new EventSource(`${base}/events`);
+  events.addEventListener('message', (event) => {
+    const stage = JSON.parse(event.data);
+    showStage(stage);
+
+    const shape = `${stage.live}/${stage.recording?.state ?? ''}`;
+    if (lastShape && shape !== lastShape) {
+      clearTimeout(reloadTimer);
+      reloadTimer = setTimeout(reloadPerformances, RELOAD_DELAY_MS);
+    }
+    lastShape = shape;
+  });
+}
+
+async function reloadPerformances() {
+  try {
+    const { performances } = await requestJson(`${base}/performances`);
+    render(performances);
+  } catch (err) {
+    if (err.status === 401) {
+      askForKey();
+    }
+  }
+}
+
+// the performances table
+
+function render(performances) {
+  rows.replaceChildren(...performances.map(performanceRow));
+  countCell.textContent = String(performances.length);
+  show(table, performances.length > 0);
+  show(empty, performances.length === 0);
+}
+
+function performanceRow(performance) {
+  const row = document.createElement('tr');
+  row.className = 'performance';
+  row.dataset.id = performance.id;
+
+  const started = document.createElement('time');
+  const date = parseTime(performance.started_at);
+  started.dateTime = date ? date.toISOString() : '';
+  started.textContent = date
+    ? date.toLocaleString(undefined, {
+      dateStyle: 'medium', timeStyle: 'short',
+    })
+    : '—';
+
+  const recording = performance.recording;
+  row.append(
+    cell(started),
+    cell(performance.ended_at || performance.duration !== null
+      ? formatDuration(performance.duration)
+      : 'on now', 'num'),
+    cell(String(performance.views ?? 0), 'num'),
+    cell(String(performance.peak_viewers ?? 0), 'num'),
+    cell(formatSize(recording?.bytes), 'num'),
+    cell(recordingCell(recording)),
+  );
+  return row;
+}
+
+function cell(content, className) {
+  const td = document.createElement('td');
+  if (className) {
+    td.className = className;
+  }
+  td.append(content);
+  return td;
+}
+
+function recordingCell(recording) {
+  if (recording?.state === 'ready' && recording.url) {
+    const link = document.createElement('a');
+    link.className = 'download';
+    link.href = recording.url;
+    link.download = '';
+    link.textContent = 'Download';
+    return link;
+  }
+  const texts = {
+    recording: 'Recording in progress',
+    finishing: 'Finishing…',
+    ready: 'Ready',
+    failed: 'Failed',
+    empty: 'No media',
+  };
+  const span = document.createElement('span');
+  span.className = 'recording-state';
+  span.dataset.state = recording?.state ?? 'none';
+  span.textContent = recording
+    ? texts[recording.state] ?? recording.state
+    : 'No recording';
+  return span;
+}
+
+// Times without an offset are UTC by contract; without the "Z" the browser
+// would read them as local time.
+function parseTime(text) {
+  if (!text) {
+    return null;
+  }
+  const iso = /([zZ]|[+-]\d\d:?\d\d)$/.test(text) ? text : `${text}Z`;
+  const date = new Date(iso);
+  return Number.isNaN(date.getTime()) ? null : date;
+}
+
+function formatDuration(seconds) {
+  if (seconds === null || seconds === undefined) {
+    return '—';
+  }
+  const total = Math.round(seconds);
+  const minutes = Math.floor(total / 60);
+  return `${minutes}:${String(total % 60).padStart(2, '0')}`;
+}
+
+function formatSize(bytes) {
+  if (bytes === null || bytes === undefined) {
+    return '—';
+  }
+  const megabytes = bytes / 1e6;
+  return megabytes > 0 && megabytes < 0.1
+    ? '< 0.1 MB'
+    : `${megabytes.toFixed(1)} MB`;
+}
+
+load();

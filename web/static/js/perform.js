@@ -1,0 +1,448 @@
+// Performer page: create a stage (or sign in with a key), preview the
+// camera, go live over WHIP, end the show.
+
+import { requestJson } from './api.js';
+import {
+  byId, iceServers, savePerformer, savedPerformer, show,
+} from './page.js';
+import { hangUp, peerConfig, publish } from './signalling.js';
+
+const EVENTS_RETRY_MS = 5000;
+const MAX_NAME_LENGTH = 80;
+
+const signedOut = byId('signed-out');
+const signedIn = byId('signed-in');
+
+const createForm = byId('create-form');
+const nameInput = byId('stage-name');
+const createButton = byId('create-stage');
+const createError = byId('create-error');
+
+const existingForm = byId('existing-form');
+const existingId = byId('existing-id');
+const existingKey = byId('existing-key');
+const existingButton = byId('use-existing');
+const existingError = byId('existing-error');
+
+const performerName = byId('performer-name');
+const dashboardLink = byId('dashboard-link');
+const signOut = byId('sign-out');
+const keyBox = byId('key-box');
+const stageKey = byId('stage-key');
+const keyWhipUrl = byId('key-whip-url');
+const whipUrl = byId('whip-url');
+
+const preview = byId('preview');
+const previewAudioOnly = byId('preview-audio-only');
+const onAirBadge = byId('on-air-badge');
+const liveStatus = byId('live-status');
+const mediaStatus = byId('media-status');
+const goLiveButton = byId('go-live');
+const endShowButton = byId('end-show');
+const retryMedia = byId('retry-media');
+const watching = byId('watching');
+const recordingStatus = byId('recording-status');
+
+/** @type {{id: string, name: string, key: string}|null} */
+let performer = null;
+/** @type {MediaStream|null} */
+let media = null;
+/** The show in progress: its peer connection and, once known, Location. */
+let live = null;
+let ending = false;
+let events = null;
+
+// signing in and out
+
+function enterStage(stage, { newKey = false } = {}) {
+  performer = stage;
+  savePerformer(stage);
+
+  const url = `${window.location.origin}/whip/${encodeURIComponent(stage.id)}`;
+  performerName.textContent = stage.name;
+  dashboardLink.href = `/stages/${encodeURIComponent(stage.id)}`;
+  whipUrl.textContent = url;
+  keyWhipUrl.textContent = url;
+  stageKey.textContent = newKey ? stage.key : '';
+  show(keyBox, newKey);
+
+  show(signedOut, false);
+  show(signedIn, true);
+  setStatus('Off air', 'off');
+  listen(stage.id);
+  startPreview();
+}
+
+async function leaveStage() {
+  if (live) {
+    await endShow();
+  }
+  events?.close();
+  events = null;
+  stopPreview();
+  performer = null;
+  savePerformer(null);
+
+  stageKey.textContent = '';
+  show(keyBox, false);
+  show(signedIn, false);
+  show(signedOut, true);
+  nameInput.focus();
+}
+
+createForm.addEventListener('submit', async (event) => {
+  event.preventDefault();
+  const name = nameInput.value.trim();
+  if (!name) {
+    showError(createError, 'Give your stage a name first.');
+    return;
+  }
+  if (name.length > MAX_NAME_LENGTH) {
+    showError(createError,
+      `Keep the name under ${MAX_NAME_LENGTH + 1} characters.`);
+    return;
+  }
+
+  createButton.disabled = true;
+  try {
+    const stage = await requestJson('/api/stages', { body: { name } });
+    show(createError, false);
+    nameInput.value = '';
+    enterStage(
+      { id: String(stage.id), name: stage.name, key: stage.key },
+      { newKey: true });
+  } catch (err) {
+    showError(createError, err.message);
+  } finally {
+    createButton.disabled = false;
+  }
+});
+
+existingForm.addEventListener('submit', async (event) => {
+  event.preventDefault();
+  // People paste the WHIP or dashboard URL as often as the bare id.
+  const id = existingId.value.trim().split('/').filter(Boolean).pop() ?? '';
+  const key = existingKey.value.trim();
+  if (!id || !key) {
+    showError(existingError, 'Enter both the stage id and its key.');
+    return;
+  }
+
+  existingButton.disabled = true;
+  try {
+    const path = `/api/stages/${encodeURIComponent(id)}`;
+    const stage = await requestJson(path).catch((err) => {
+      throw err.status === 404
+        ? new Error('There is no stage with that id.')
+        : err;
+    });
+    // Only the key's owner may list performances: a cheap key check.
+    await requestJson(`${path}/performances`, { key }).catch((err) => {
+      throw err.status === 401
+        ? new Error('That key does not open this stage.')
+        : err;
+    });
+    show(existingError, false);
+    existingKey.value = '';
+    enterStage({ id: String(stage.id), name: stage.name, key });
+  } catch (err) {
+    showError(existingError, err.message);
+  } finally {
+    existingButton.disabled = false;
+  }
+});
+
+signOut.addEventListener('click', (event) => {
+  event.preventDefault();
+  leaveStage();
+});
+
+byId('key-saved').addEventListener('click', () => {
+  stageKey.textContent = '';
+  show(keyBox, false);
+});
+
+byId('copy-key').addEventListener('click', async (event) => {
+  const button = event.currentTarget;
+  try {
+    await navigator.clipboard.writeText(stageKey.textContent);
+    button.textContent = 'Copied';
+  } catch {
+    // Clipboard refused (permissions, old browser): select the text so a
+    // manual copy is one keystroke away.
+    window.getSelection().selectAllChildren(stageKey);
+    button.textContent = 'Press Ctrl+C';
+  }
+});
+
+// camera and microphone
+
+async function startPreview() {
+  stopPreview();
+  show(retryMedia, false);
+  updateButtons();
+  if (!navigator.mediaDevices?.getUserMedia) {
+    mediaStatus.textContent =
+      'This browser cannot use a camera here (Stage needs https or ' +
+      'localhost). You can still go live from OBS.';
+    return;
+  }
+
+  mediaStatus.textContent = 'Asking for your camera and microphone…';
+  let note = '';
+  let stream = null;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({
+      audio: true,
+      video: { width: 640, height: 480 },
+    });
+  } catch (err) {
+    // A musician without a camera can still go live.
+    try {
+      stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+      note = `No camera (${mediaProblem(err)}): you will go live with ` +
+        'sound only.';
+    } catch (audioErr) {
+      mediaStatus.textContent = 'Stage cannot use your microphone: ' +
+        `${mediaProblem(audioErr)}. Allow access and try again.`;
+      show(retryMedia, true);
+      return;
+    }
+  }
+
+  if (!performer) {
+    // Signed out while the browser was asking.
+    stream.getTracks().forEach((track) => track.stop());
+    return;
+  }
+  media = stream;
+  preview.srcObject = media;
+  preview.play().catch(() => {});
+  show(previewAudioOnly, media.getVideoTracks().length === 0);
+  mediaStatus.textContent = note;
+  updateButtons();
+}
+
+function stopPreview() {
+  media?.getTracks().forEach((track) => track.stop());
+  media = null;
+  preview.srcObject = null;
+  show(previewAudioOnly, false);
+}
+
+function mediaProblem(err) {
+  switch (err.name) {
+    case 'NotAllowedError':
+      return 'permission was refused';
+    case 'NotFoundError':
+      return 'none was found';
+    case 'NotReadableError':
+      return 'another app is using it';
+    default:
+      return err.message || err.name;
+  }
+}
+
+retryMedia.addEventListener('click', startPreview);
+
+// going live
+
+async function goLive() {
+  if (!performer || !media || live || ending) {
+    return;
+  }
+  const pc = new RTCPeerConnection(peerConfig(iceServers()));
+  live = { pc, location: null };
+  for (const track of media.getTracks()) {
+    pc.addTransceiver(track, { direction: 'sendonly', streams: [media] });
+  }
+  pc.addEventListener('connectionstatechange', () => onConnectionState(pc));
+  setStatus('Connecting…', 'connecting');
+  updateButtons();
+
+  const { id, key } = performer;
+  try {
+    const { location } = await publish(
+      `/whip/${encodeURIComponent(id)}`, key, pc);
+    if (live?.pc !== pc) {
+      // The show was ended while the server was answering.
+      hangUp(location, key).catch(() => {});
+      return;
+    }
+    live.location = location;
+    onConnectionState(pc);
+  } catch (err) {
+    pc.close();
+    if (live?.pc !== pc) {
+      return;
+    }
+    live = null;
+    const hint = err.status === 401
+      ? ' Sign out and sign in again with the right key.'
+      : '';
+    setStatus(err.message + hint, 'error');
+    updateButtons();
+  }
+}
+
+function onConnectionState(pc) {
+  if (live?.pc !== pc) {
+    return;
+  }
+  switch (pc.connectionState) {
+    case 'connected':
+      setStatus('Live', 'live');
+      break;
+    case 'disconnected':
+      setStatus('Connection unstable — reconnecting…', 'connecting');
+      break;
+    case 'failed':
+      endShow('The connection to Stage was lost, so you are off air. ' +
+        'Try again when ready.');
+      break;
+    default:
+      setStatus('Connecting…', 'connecting');
+  }
+  updateButtons();
+}
+
+/**
+ * End the show: DELETE the WHIP resource, then close the connection.
+ *
+ * @param {string} [message] status to show afterwards instead of "Off air"
+ */
+async function endShow(message) {
+  const current = live;
+  if (!current) {
+    return;
+  }
+  live = null;
+  ending = true;
+  setStatus('Ending the show…', 'connecting');
+  updateButtons();
+
+  let problem = '';
+  if (current.location) {
+    try {
+      await hangUp(current.location, performer?.key);
+    } catch (err) {
+      problem = ` (the server said: ${err.message})`;
+    }
+  }
+  current.pc.close();
+  ending = false;
+  if (message) {
+    setStatus(message, 'error');
+  } else {
+    setStatus(`Off air${problem}`, problem ? 'error' : 'off');
+  }
+  updateButtons();
+}
+
+goLiveButton.addEventListener('click', goLive);
+endShowButton.addEventListener('click', () => endShow());
+
+function updateButtons() {
+  const onStage = live !== null || ending;
+  show(goLiveButton, !onStage);
+  goLiveButton.disabled = onStage || !media || !performer;
+  show(endShowButton, onStage);
+  endShowButton.disabled = !live;
+  show(onAirBadge, live?.pc.connectionState === 'connected');
+}
+
+function setStatus(text, kind) {
+  liveStatus.textContent = text;
+  liveStatus.dataset.state = kind;
+}
+
+function showError(element, text) {
+  element.textContent = text;
+  show(element, true);
+}
+
+// the stage's own events: viewers and recording
+
+function listen(id) {
+  events?.close();
+  const url = `/api/stages/${encodeURIComponent(id)}/events`;
+  const source = new EventSource(url);
+  events = source;
+  source.addEventListener('message', (event) => {
+    const stage = JSON.parse(event.data);
+    watching.textContent = String(stage.viewers ?? 0);
+    showRecording(stage.recording ?? null);
+  });
+  source.addEventListener('error', () => {
+    // EventSource reconnects by itself unless the server refused it.
+    if (source === events && source.readyState === EventSource.CLOSED) {
+      setTimeout(() => {
+        if (source === events && performer?.id === id) {
+          listen(id);
+        }
+      }, EVENTS_RETRY_MS);
+    }
+  });
+}
+
+function showRecording(recording) {
+  const states = {
+    recording: 'Recording',
+    finishing: 'Saving the recording…',
+    ready: 'Saved',
+    empty: 'Nothing recorded',
+  };
+  if (!recording) {
+    recordingStatus.textContent = '—';
+    recordingStatus.dataset.state = 'none';
+    return;
+  }
+  recordingStatus.dataset.state = recording.state;
+  if (recording.state === 'failed') {
+    recordingStatus.textContent = 'Recording failed: ' +
+      (recording.error || 'unknown error') +
+      '. The show goes on, but it is not being saved.';
+  } else {
+    recordingStatus.textContent = states[recording.state] ?? recording.state;
+  }
+}
+
+// Leaving the page mid-show ends it, instead of leaving viewers on a
+// frozen picture until the connection times out.
+window.addEventListener('pagehide', () => {
+  if (live?.location) {
+    hangUp(live.location, performer?.key, { keepalive: true })
+      .catch(() => {});
+  }
+  live?.pc.close();
+  live = null;
+});
+
+// start
+
+async function resume(saved) {
+  enterStage(saved);
+  try {
+    const stage = await requestJson(
+      `/api/stages/${encodeURIComponent(saved.id)}`);
+    if (performer?.id === saved.id && stage.name !== performer.name) {
+      // Renamed on the server since this browser saved it.
+      performer = { ...performer, name: stage.name };
+      savePerformer(performer);
+      performerName.textContent = stage.name;
+    }
+  } catch (err) {
+    if (err.status === 404) {
+      await leaveStage();
+      showError(existingError,
+        'Your saved stage no longer exists here. Create a new one.');
+    }
+  }
+}
+
+const saved = savedPerformer();
+if (saved) {
+  resume(saved);
+} else {
+  show(signedOut, true);
+}

@@ -1,0 +1,389 @@
+// The roulette. One peer connection lasts the whole visit: Next asks the
+// server to move this viewer's tracks to another stage, so the page never
+// renegotiates; it only learns the new stage from the viewer's events.
+
+import { requestJson } from './api.js';
+import { byId, iceServers, show } from './page.js';
+import { hangUp, peerConfig, watch } from './signalling.js';
+
+const DEFAULT_RETRY_SECONDS = 3;
+const ERROR_RETRY_SECONDS = 5;
+const DISCONNECTED_GRACE_MS = 8000;
+const NO_VIDEO_AFTER_MS = 2000;
+const VIDEO_CHECK_MS = 300;
+const NOTICE_MS = 3000;
+
+const player = byId('player');
+const screen = byId('screen');
+const waiting = byId('waiting');
+const connecting = byId('connecting');
+const audioOnly = byId('audio-only');
+const audioOnlyName = byId('audio-only-name');
+const unmute = byId('unmute');
+const notice = byId('notice');
+const stageName = byId('stage-name');
+const watching = byId('watching');
+const liveBadge = byId('live-badge');
+const nextButton = byId('next');
+const watchError = byId('watch-error');
+
+// Kept up to date for automated tests and for anyone in the console.
+const state = { pc: null, viewerId: null, stage: null };
+window.stageWatch = state;
+
+// A stage picked on the home page; tried once, then the roulette decides.
+let wantedStage = new URLSearchParams(window.location.search).get('stage');
+
+let viewerUrl = null;
+let events = null;
+let retryTimer = null;
+let disconnectedTimer = null;
+let nextInFlight = false;
+let noticeTimer = null;
+
+// Each start() bumps the generation; callbacks of an older peer connection
+// compare it and stay quiet, so a late answer cannot undo a newer visit.
+let generation = 0;
+
+// Video arrival, for the audio-only placeholder.
+let switchedAt = performance.now();
+let framesPc = null;
+let lastFrames = null;
+let lastFrameAt = -Infinity;
+
+async function start() {
+  const run = ++generation;
+  clearTimeout(retryTimer);
+  stop();
+
+  const pc = new RTCPeerConnection(peerConfig(iceServers()));
+  state.pc = pc;
+  pc.addTransceiver('audio', { direction: 'recvonly' });
+  pc.addTransceiver('video', { direction: 'recvonly' });
+
+  // One MediaStream for both tracks, whatever streams the server declares.
+  const media = new MediaStream();
+  player.srcObject = media;
+  let playback = null;
+  pc.addEventListener('track', (event) => {
+    media.addTrack(event.track);
+    playback ??= startPlayback();
+  });
+  pc.addEventListener('connectionstatechange', () => {
+    if (run === generation) {
+      onConnectionState(pc);
+    }
+  });
+
+  const endpoint = wantedStage
+    ? `/whep/${encodeURIComponent(wantedStage)}`
+    : '/whep';
+  try {
+    const { location } = await watch(endpoint, pc);
+    if (run !== generation) {
+      hangUp(location).catch(() => {});
+      return;
+    }
+    viewerUrl = location;
+    state.viewerId = new URL(location).pathname.split('/').pop();
+    wantedStage = null;
+    show(watchError, false);
+    show(waiting, false);
+    listen(location);
+  } catch (err) {
+    if (run !== generation) {
+      return;
+    }
+    pc.close();
+    state.pc = null;
+    failedToStart(err);
+  }
+}
+
+function failedToStart(err) {
+  if (wantedStage && (err.status === 404 || err.status === 409)) {
+    wantedStage = null;
+    flash('That stage is not live any more — finding you another.');
+    retryIn(0);
+    return;
+  }
+  if (err.status === 409) {
+    setStage(null);
+    retryIn(err.retryAfter ?? DEFAULT_RETRY_SECONDS);
+    return;
+  }
+  show(connecting, false);
+  watchError.textContent = `${err.message} Trying again…`;
+  show(watchError, true);
+  retryIn(err.retryAfter ?? ERROR_RETRY_SECONDS);
+}
+
+function retryIn(seconds) {
+  clearTimeout(retryTimer);
+  retryTimer = setTimeout(start, seconds * 1000);
+}
+
+// Ends the current visit, if any. Safe to call twice.
+function stop() {
+  clearTimeout(disconnectedTimer);
+  events?.close();
+  events = null;
+  if (viewerUrl) {
+    hangUp(viewerUrl).catch(() => {});
+    viewerUrl = null;
+  }
+  state.viewerId = null;
+  state.pc?.close();
+  state.pc = null;
+}
+
+function onConnectionState(pc) {
+  clearTimeout(disconnectedTimer);
+  switch (pc.connectionState) {
+    case 'failed':
+      flash('Lost the connection — reconnecting…');
+      start();
+      break;
+    case 'disconnected':
+      // Often a short network blip that ICE recovers from by itself.
+      disconnectedTimer = setTimeout(() => {
+        if (pc === state.pc && pc.connectionState !== 'connected') {
+          flash('Lost the connection — reconnecting…');
+          start();
+        }
+      }, DISCONNECTED_GRACE_MS);
+      break;
+  }
+}
+
+// The browser may refuse sound without a click first; then play muted and
+// offer a button.
+async function startPlayback() {
+  player.muted = false;
+  try {
+    await player.play();
+    show(unmute, false);
+  } catch (err) {
+    if (err.name !== 'NotAllowedError') {
+      return;
+    }
+    player.muted = true;
+    show(unmute, true);
+    await player.play().catch(() => {});
+  }
+}
+
+unmute.addEventListener('click', () => {
+  player.muted = false;
+  player.play().catch(() => {});
+  show(unmute, false);
+});
+
+// viewer events
+
+function listen(url) {
+  events?.close();
+  const source = new EventSource(`${url}/events`);
+  events = source;
+  source.addEventListener('message', (event) => {
+    setStage(JSON.parse(event.data).stage ?? null);
+  });
+  source.addEventListener('error', () => {
+    // EventSource retries by itself unless the server refused outright,
+    // e.g. because this viewer no longer exists.
+    if (source === events && source.readyState === EventSource.CLOSED) {
+      recheckViewer(url);
+    }
+  });
+}
+
+async function recheckViewer(url) {
+  const run = generation;
+  await sleep(DEFAULT_RETRY_SECONDS * 1000);
+  if (run !== generation || url !== viewerUrl) {
+    return;
+  }
+  try {
+    const data = await requestJson(url);
+    setStage(data.stage ?? null);
+    listen(url);
+  } catch (err) {
+    if (err.status === 404) {
+      viewerUrl = null;
+      start();
+    } else {
+      recheckViewer(url);
+    }
+  }
+}
+
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+function setStage(stage) {
+  const previous = state.stage;
+  state.stage = stage;
+  show(connecting, false);
+
+  if (!stage) {
+    show(waiting, true);
+    show(liveBadge, false);
+    show(audioOnly, false);
+    stageName.textContent = '';
+    watching.textContent = '0';
+    document.title = 'Watch — Stage';
+    return;
+  }
+
+  show(waiting, false);
+  show(liveBadge, true);
+  stageName.textContent = stage.name;
+  audioOnlyName.textContent = stage.name;
+  watching.textContent = String(stage.viewers ?? 0);
+  document.title = `${stage.name} — Stage`;
+  if (stage.id !== previous?.id) {
+    stageSwitched();
+  }
+}
+
+// Next
+
+async function next() {
+  if (nextInFlight || !viewerUrl) {
+    return;
+  }
+  nextInFlight = true;
+  nextButton.classList.add('is-busy');
+  nextButton.setAttribute('aria-busy', 'true');
+  try {
+    const data = await requestJson(`${viewerUrl}/next`, { method: 'POST' });
+    if (data && 'stage' in data) {
+      setStage(data.stage);
+    }
+  } catch (err) {
+    if (err.status === 409) {
+      flash('No other stage is live right now');
+    } else if (err.status === 404) {
+      start();
+    } else {
+      flash(err.message);
+    }
+  } finally {
+    nextInFlight = false;
+    nextButton.classList.remove('is-busy');
+    nextButton.removeAttribute('aria-busy');
+  }
+}
+
+nextButton.addEventListener('click', next);
+
+document.addEventListener('keydown', (event) => {
+  if (event.repeat || event.altKey || event.ctrlKey || event.metaKey) {
+    return;
+  }
+  if (event.key !== ' ' && event.key !== 'ArrowRight') {
+    return;
+  }
+  const target = event.target instanceof Element ? event.target : null;
+  if (target?.closest('input, textarea, select, [contenteditable]')) {
+    return;
+  }
+  // A focused button or link already acts on Space by itself.
+  if (event.key === ' ' && target?.closest('button, a, summary')) {
+    return;
+  }
+  event.preventDefault();
+  next();
+});
+
+function flash(text) {
+  notice.textContent = text;
+  show(notice, true);
+  clearTimeout(noticeTimer);
+  noticeTimer = setTimeout(() => show(notice, false), NOTICE_MS);
+}
+
+// Audio-only stages, and the moment between two stages.
+//
+// After a switch the receiver keeps its track, so the element would go on
+// showing the previous performer's last frame until new video is decoded.
+// Decoded-frame counts from getStats tell when the new stage's video
+// arrives; until then the picture is dimmed, and after NO_VIDEO_AFTER_MS
+// without a frame the audio-only placeholder covers it.
+
+function stageSwitched() {
+  switchedAt = performance.now();
+  screen.classList.add('is-switching');
+  show(audioOnly, false);
+}
+
+async function checkVideo() {
+  const pc = state.pc;
+  if (!pc || !state.stage) {
+    return;
+  }
+  const now = performance.now();
+  const frames = await framesDecoded(pc);
+  if (pc !== framesPc) {
+    // A new peer connection counts from zero.
+    framesPc = pc;
+    lastFrames = null;
+  }
+  if (frames !== null) {
+    if (lastFrames !== null && frames > lastFrames) {
+      lastFrameAt = now;
+    }
+    lastFrames = frames;
+  }
+
+  const fresh = frames === null
+    ? player.videoWidth > 0
+    : lastFrameAt > switchedAt && player.videoWidth > 0;
+  if (fresh) {
+    screen.classList.remove('is-switching');
+  }
+
+  const recent = frames === null || now - lastFrameAt < NO_VIDEO_AFTER_MS;
+  const noVideo = player.videoWidth === 0 || !recent;
+  show(audioOnly, noVideo && now - switchedAt >= NO_VIDEO_AFTER_MS);
+}
+
+async function framesDecoded(pc) {
+  try {
+    const report = await pc.getStats();
+    for (const stats of report.values()) {
+      if (stats.type === 'inbound-rtp' && stats.kind === 'video') {
+        return stats.framesDecoded ?? null;
+      }
+    }
+  } catch {
+    // A closed connection has no stats; the next check will see a new one.
+  }
+  return null;
+}
+
+setInterval(checkVideo, VIDEO_CHECK_MS);
+
+// Leaving: end the visit so the performer's count drops at once.
+
+window.addEventListener('pagehide', () => {
+  generation++;
+  clearTimeout(retryTimer);
+  events?.close();
+  events = null;
+  if (viewerUrl) {
+    hangUp(viewerUrl, null, { keepalive: true }).catch(() => {});
+    viewerUrl = null;
+  }
+  state.pc?.close();
+  state.pc = null;
+});
+
+window.addEventListener('pageshow', (event) => {
+  if (event.persisted) {
+    start();
+  }
+});
+
+start();
