@@ -7,7 +7,7 @@ import json
 import logging
 import time
 import unicodedata
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from aiohttp import web
 
@@ -55,7 +55,9 @@ async def create_stage(request: web.Request) -> web.Response:
     name = clean_name(body.get("name"))
     stage, key = request.app[STORE].create_stage(name)
     logger.info("stage %s: created (%s)", stage.id, name)
-    response = web.json_response({"id": stage.id, "name": stage.name, "key": key}, status=201)
+    response = web.json_response(
+        {"id": stage.id, "name": stage.name, "key": key}, status=201
+    )
     response.headers["Location"] = f"/api/stages/{stage.id}"
     _open_owner_session(request, response, stage)
     return response
@@ -106,7 +108,7 @@ async def send_events(request: web.Request, topic, read) -> web.StreamResponse:
             while True:
                 try:
                     await asyncio.wait_for(changed.wait(), HEARTBEAT)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     # A comment line: keeps proxies from closing an idle stream, and a
                     # dead client shows up as a failed write.
                     await response.write(b": still here\n\n")
@@ -125,7 +127,9 @@ async def send_events(request: web.Request, topic, read) -> web.StreamResponse:
 # the artist's side
 
 
-def _open_owner_session(request, response: web.StreamResponse, stage: StageRecord) -> None:
+def _open_owner_session(
+    request, response: web.StreamResponse, stage: StageRecord
+) -> None:
     response.set_cookie(
         owner_cookie(stage.id),
         request.app[STORE].session_token(stage),
@@ -151,7 +155,7 @@ async def open_session(request: web.Request) -> web.Response:
 def iso(seconds: float | None) -> str | None:
     if seconds is None:
         return None
-    return datetime.fromtimestamp(seconds, timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
 
 
 def performance_summary(p: PerformanceRecord, views: int, now: float) -> dict:
@@ -183,7 +187,11 @@ async def list_performances(request: web.Request) -> web.Response:
     performances = store.performances(stage.id)
     views = store.views([p.id for p in performances], now)
     return web.json_response(
-        {"performances": [performance_summary(p, views.get(p.id, 0), now) for p in performances]}
+        {
+            "performances": [
+                performance_summary(p, views.get(p.id, 0), now) for p in performances
+            ]
+        }
     )
 
 
@@ -194,7 +202,10 @@ async def download_recording(request: web.Request) -> web.StreamResponse:
         raise NotFound("There is no performance with this id.")
     stage = find_stage(store, performance.stage_id)
     require_owner(request, store, stage)
-    if performance.recording_state not in ("ready", "truncated") or not performance.recording_path:
+    if (
+        performance.recording_state not in ("ready", "truncated")
+        or not performance.recording_path
+    ):
         raise NotFound(_why_no_file(performance.recording_state))
     data = request.app[VENUE].data
     path = (data / performance.recording_path).resolve()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
-from typing import Hashable, Iterator
+from collections.abc import Hashable, Iterator
 
 
 class Bulletin:

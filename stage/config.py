@@ -32,7 +32,9 @@ class Settings:
             raise ValueError("the viewer cap must be at least 1")
         for url in self.ice_servers:
             if not url.startswith(("stun:", "turn:", "turns:")):
-                raise ValueError(f"ICE server {url!r} must start with stun:, turn: or turns:")
+                raise ValueError(
+                    f"ICE server {url!r} must start with stun:, turn: or turns:"
+                )
 
     @property
     def database(self) -> Path:
@@ -46,10 +48,14 @@ def _split(value: str | None) -> tuple[str, ...]:
 
 
 def from_command_line(argv: list[str] | None = None, env=os.environ) -> Settings:
-    parser = argparse.ArgumentParser(prog="python -m stage", description="Run the Stage server.")
+    parser = argparse.ArgumentParser(
+        prog="python -m stage", description="Run the Stage server."
+    )
     parser.add_argument("--host", default=env.get("STAGE_HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(env.get("STAGE_PORT", "8080")))
-    parser.add_argument("--data", type=Path, default=Path(env.get("STAGE_DATA", "recordings")))
+    parser.add_argument(
+        "--data", type=Path, default=Path(env.get("STAGE_DATA", "recordings"))
+    )
     parser.add_argument("--ice-address", action="append", dest="ice_addresses")
     parser.add_argument("--ice-server", action="append", dest="ice_servers")
     parser.add_argument(
@@ -64,7 +70,9 @@ def from_command_line(argv: list[str] | None = None, env=os.environ) -> Settings
         host=args.host,
         port=args.port,
         data=args.data,
-        ice_addresses=tuple(args.ice_addresses or _split(env.get("STAGE_ICE_ADDRESSES"))),
+        ice_addresses=tuple(
+            args.ice_addresses or _split(env.get("STAGE_ICE_ADDRESSES"))
+        ),
         ice_servers=tuple(args.ice_servers or _split(env.get("STAGE_ICE_SERVERS"))),
         view_seconds=args.view_seconds,
         max_viewers=args.max_viewers,

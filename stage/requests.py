@@ -7,7 +7,13 @@ import secrets
 
 from aiohttp import web
 
-from .errors import BadRequest, NotFound, PayloadTooLarge, Unauthorized, UnsupportedMediaType
+from .errors import (
+    BadRequest,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+    UnsupportedMediaType,
+)
 from .relay.negotiation import MAX_OFFER_BYTES
 from .store import StageRecord, Store
 
@@ -30,7 +36,9 @@ async def read_json(request: web.Request) -> dict:
 
 async def read_sdp(request: web.Request) -> str:
     if request.content_type != "application/sdp":
-        raise UnsupportedMediaType("Send an SDP offer with Content-Type: application/sdp.")
+        raise UnsupportedMediaType(
+            "Send an SDP offer with Content-Type: application/sdp."
+        )
     body = await _read_limited(request, MAX_OFFER_BYTES)
     try:
         return body.decode("utf-8")
@@ -45,7 +53,9 @@ async def _read_limited(request: web.Request, limit: int) -> bytes:
     async for chunk in request.content.iter_chunked(16 * 1024):
         body += chunk
         if len(body) > limit:
-            raise PayloadTooLarge(f"The body is too large (at most {limit // 1024} KiB).")
+            raise PayloadTooLarge(
+                f"The body is too large (at most {limit // 1024} KiB)."
+            )
     return bytes(body)
 
 

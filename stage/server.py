@@ -71,13 +71,21 @@ async def errors_as_json(request: web.Request, handler):
     try:
         return await handler(request)
     except StageError as exc:
-        logger.info("%s %s -> %s: %s", request.method, request.path, exc.status, exc.message)
+        logger.info(
+            "%s %s -> %s: %s", request.method, request.path, exc.status, exc.message
+        )
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
-        return web.json_response({"error": exc.message}, status=exc.status, headers=headers)
+        return web.json_response(
+            {"error": exc.message}, status=exc.status, headers=headers
+        )
     except web.HTTPException as exc:
         if exc.status < 400 or not _wants_json(request):
             raise
-        message = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else exc.reason
+        message = (
+            exc.text
+            if exc.text and not exc.text.startswith(str(exc.status))
+            else exc.reason
+        )
         return web.json_response(
             {"error": message}, status=exc.status, headers=_kept_headers(exc)
         )

@@ -46,8 +46,11 @@ def sdp_answer(sdp: str, location: str) -> web.Response:
         status=201,
         text=sdp,
         content_type="application/sdp",
-        headers={"Location": location, "Access-Control-Allow-Origin": "*",
-                 "Access-Control-Expose-Headers": "Location"},
+        headers={
+            "Location": location,
+            "Access-Control-Allow-Origin": "*",
+            "Access-Control-Expose-Headers": "Location",
+        },
     )
 
 
@@ -111,7 +114,9 @@ async def viewer_events(request: web.Request) -> web.StreamResponse:
 
     # The venue notifies a viewer's topic when its stage changes and when the count
     # on that stage does.
-    return await send_events(request, ("viewer", viewer.id), lambda: viewer_summary(viewer))
+    return await send_events(
+        request, ("viewer", viewer.id), lambda: viewer_summary(viewer)
+    )
 
 
 async def next_stage(request: web.Request) -> web.Response:

@@ -88,7 +88,9 @@ class Store:
         self._db.close()
 
     def _session_secret(self) -> bytes:
-        row = self._db.execute("SELECT value FROM secrets WHERE name='session'").fetchone()
+        row = self._db.execute(
+            "SELECT value FROM secrets WHERE name='session'"
+        ).fetchone()
         if row is None:
             value = secrets.token_hex(32)
             self._db.execute("INSERT INTO secrets VALUES ('session', ?)", (value,))
@@ -199,7 +201,8 @@ class Store:
 
     def end_watch(self, watch_id: int, at: float) -> None:
         self._db.execute(
-            "UPDATE watches SET ended_at=? WHERE id=? AND ended_at IS NULL", (at, watch_id)
+            "UPDATE watches SET ended_at=? WHERE id=? AND ended_at IS NULL",
+            (at, watch_id),
         )
 
     def views(self, performance_ids: list[str], now: float) -> dict[str, int]:

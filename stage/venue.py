@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .bulletin import Bulletin
@@ -60,27 +60,38 @@ class Venue:
     # publishing
 
     async def publish(self, stage: StageRecord, offer: str) -> Publisher:
-        publisher, answer = await Publisher.from_offer(stage.id, offer, self.ice_servers)
+        publisher, answer = await Publisher.from_offer(
+            stage.id, offer, self.ice_servers
+        )
         publisher.answer = answer
         self.publishers[publisher.id] = publisher
         self._spawn(self._run_publisher(stage, publisher))
-        logger.info("stage %s: publisher %s offered %s", stage.id, publisher.id,
-                    "+".join(sorted(publisher.tracks)))
+        logger.info(
+            "stage %s: publisher %s offered %s",
+            stage.id,
+            publisher.id,
+            "+".join(sorted(publisher.tracks)),
+        )
         return publisher
 
     async def _run_publisher(self, stage: StageRecord, publisher: Publisher) -> None:
         try:
             connected = asyncio.ensure_future(publisher.connected.wait())
             gone = asyncio.ensure_future(publisher.gone.wait())
-            await asyncio.wait({connected, gone}, timeout=CONNECT_TIMEOUT,
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {connected, gone},
+                timeout=CONNECT_TIMEOUT,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
             connected.cancel()
             if publisher.connected.is_set() and not publisher.gone.is_set():
                 self._go_live(stage, publisher)
                 await gone
             else:
                 gone.cancel()
-                logger.info("stage %s: publisher %s never connected", stage.id, publisher.id)
+                logger.info(
+                    "stage %s: publisher %s never connected", stage.id, publisher.id
+                )
         finally:
             await self._publisher_gone(publisher)
 
@@ -95,8 +106,12 @@ class Venue:
             # restart): the new publisher takes over, viewers stay, and the old
             # connection's performance ends so that each recording has one source.
             old = hub.replace_publisher(publisher)
-            logger.info("stage %s: publisher %s replaced by %s", stage.id, old.id, publisher.id)
-            self._spawn(self._close_performance(stage.id, self._take_performance(stage.id)))
+            logger.info(
+                "stage %s: publisher %s replaced by %s", stage.id, old.id, publisher.id
+            )
+            self._spawn(
+                self._close_performance(stage.id, self._take_performance(stage.id))
+            )
             self._spawn(old.close())
         self._start_performance(hub)
         self._seat_waiting_viewers(hub)
@@ -112,7 +127,9 @@ class Venue:
     async def unpublish(self, stage_id: str, publisher_id: str) -> None:
         publisher = self.publishers.get(publisher_id)
         if publisher is None or publisher.stage_id != stage_id:
-            raise NotFound("This publishing session does not exist or has already ended.")
+            raise NotFound(
+                "This publishing session does not exist or has already ended."
+            )
         await publisher.close()
         hub = self.hubs.get(stage_id)
         if hub is not None and hub.publisher is publisher:
@@ -126,14 +143,16 @@ class Venue:
         logger.info("stage %s: ended, moving %d viewers on", hub.stage_id, hub.watching)
         for viewer in list(hub.viewers):
             self._move(viewer, self._choose(viewer, exclude=hub.stage_id))
-        await self._close_performance(hub.stage_id, self._take_performance(hub.stage_id))
+        await self._close_performance(
+            hub.stage_id, self._take_performance(hub.stage_id)
+        )
 
     # performances and recordings
 
     def _start_performance(self, hub: StageHub) -> None:
         now = time.time()
         performance_id = self.store.start_performance(hub.stage_id, now)
-        started = datetime.fromtimestamp(now, timezone.utc)
+        started = datetime.fromtimestamp(now, UTC)
 
         def on_failure(reason: str) -> None:
             self.store.set_recording(performance_id, state="failed", error=reason)
@@ -171,15 +190,28 @@ class Venue:
         self.store.end_performance(performance.id, time.time())
         return performance
 
-    async def _close_performance(self, stage_id: str, performance: Performance | None) -> None:
+    async def _close_performance(
+        self, stage_id: str, performance: Performance | None
+    ) -> None:
         if performance is None:
             return
         recording = performance.recording
         failed = recording.state == "failed"
-        finished = await recording.close()
+        try:
+            finished = await recording.close()
+        except Exception:
+            logger.exception("stage %s: recording could not be closed", stage_id)
+            self.store.set_recording(
+                performance.id,
+                state="failed",
+                size=0,
+                error="the recording could not be finished",
+            )
+            return
         if finished.path is None:
-            self.store.set_recording(performance.id, state="failed" if failed else "empty",
-                                     size=0)
+            self.store.set_recording(
+                performance.id, state="failed" if failed else "empty", size=0
+            )
         else:
             self.store.set_recording(
                 performance.id,
@@ -193,7 +225,10 @@ class Venue:
         performance = self.performances.get(stage_id)
         if performance is None:
             return None
-        return {"state": performance.recording.state, "error": performance.recording.error}
+        return {
+            "state": performance.recording.state,
+            "error": performance.recording.error,
+        }
 
     def _relative(self, path: Path) -> str:
         return str(path.relative_to(self.data))
@@ -204,7 +239,9 @@ class Venue:
         loop = asyncio.get_running_loop()
         for live in sorted(self.data.glob(f"*/*{LIVE_SUFFIX}.*")):
             finished = await loop.run_in_executor(None, finish, live)
-            row = rows.pop(self._relative(finished.path or live).replace(LIVE_SUFFIX, ""), None)
+            row = rows.pop(
+                self._relative(finished.path or live).replace(LIVE_SUFFIX, ""), None
+            )
             logger.info("recording %s recovered: %.1f s", live.name, finished.duration)
             if row is None:
                 continue
@@ -212,8 +249,12 @@ class Venue:
             if finished.path is None:
                 self.store.set_recording(row.id, state="empty", size=0)
             else:
-                self.store.set_recording(row.id, state="ready", size=finished.size,
-                                         path=self._relative(finished.path))
+                self.store.set_recording(
+                    row.id,
+                    state="ready",
+                    size=finished.size,
+                    path=self._relative(finished.path),
+                )
         for row in rows.values():
             self.store.end_performance(row.id, row.started_at)
             if row.recording_state in ("recording", "finishing"):
@@ -224,31 +265,38 @@ class Venue:
 
     async def watch(self, visitor: str, offer: str, stage_id: str | None) -> Viewer:
         if len(self.viewers) >= self.max_viewers:
-            raise Full("Stage is full right now. Try again in a moment.",
-                       retry_after=RETRY_AFTER * 5)
+            raise Full(
+                "Stage is full right now. Try again in a moment.",
+                retry_after=RETRY_AFTER * 5,
+            )
         if stage_id is not None:
             hub = self.hubs.get(stage_id)
             if hub is None:
-                raise Conflict("This stage is not live right now.", retry_after=RETRY_AFTER)
+                raise Conflict(
+                    "This stage is not live right now.", retry_after=RETRY_AFTER
+                )
         else:
             hub = roulette.choose(list(self.hubs.values()))
             if hub is None:
                 raise Conflict("Nobody is on stage right now.", retry_after=RETRY_AFTER)
-        viewer, answer = await Viewer.from_offer(visitor, offer, self.ice_servers,
-                                                 hub.video_codec)
+        viewer, answer = await Viewer.from_offer(
+            visitor, offer, self.ice_servers, hub.video_codec
+        )
         viewer.answer = answer
         self.viewers[viewer.id] = viewer
         if hub.ended or not self._fits(viewer, hub):
             hub = self._choose(viewer)
         self._move(viewer, hub)
         self._spawn(self._run_viewer(viewer))
-        logger.info("viewer %s: joined stage %s", viewer.id, hub.stage_id if hub else None)
+        logger.info(
+            "viewer %s: joined stage %s", viewer.id, hub.stage_id if hub else None
+        )
         return viewer
 
     async def _run_viewer(self, viewer: Viewer) -> None:
         try:
             await asyncio.wait_for(viewer.gone.wait(), CONNECT_TIMEOUT)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             if viewer.pc.connectionState != "connected":
                 logger.info("viewer %s: never connected", viewer.id)
                 await viewer.close()
@@ -283,8 +331,10 @@ class Venue:
 
     def _fits(self, viewer: Viewer, hub: StageHub) -> bool:
         # A viewer's video sender speaks the one codec it negotiated.
-        return hub.video_codec is None or "video" not in viewer.tracks or (
-            hub.video_codec == viewer.video_codec
+        return (
+            hub.video_codec is None
+            or "video" not in viewer.tracks
+            or (hub.video_codec == viewer.video_codec)
         )
 
     def _choose(self, viewer: Viewer, exclude: str | None = None) -> StageHub | None:
@@ -319,8 +369,9 @@ class Venue:
     def _start_watch(self, viewer: Viewer, hub: StageHub) -> None:
         performance = self.performances.get(hub.stage_id)
         if performance is not None:
-            viewer.watch_id = self.store.start_watch(performance.id, viewer.visitor,
-                                                     time.time())
+            viewer.watch_id = self.store.start_watch(
+                performance.id, viewer.visitor, time.time()
+            )
 
     def _end_watch(self, viewer: Viewer) -> None:
         if viewer.watch_id is not None:

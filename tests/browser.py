@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
 import pytest
 import pytest_asyncio
@@ -95,7 +95,9 @@ def chromium_args(media=None, extra=()) -> list[str]:
 
 
 @contextlib.asynccontextmanager
-async def launch_chromium(media=None, *, extra_args=(), headless: bool = True) -> AsyncIterator:
+async def launch_chromium(
+    media=None, *, extra_args=(), headless: bool = True
+) -> AsyncIterator:
     """Launch headless Chromium; yields a playwright ``Browser``; closes it on exit.
 
     ``media`` (a tests.media.Media) makes Chromium's fake camera and microphone play

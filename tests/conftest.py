@@ -9,7 +9,9 @@ pytest_plugins = ["tests.media", "tests.browser"]
 
 @pytest.fixture
 def settings(tmp_path):
-    return Settings(data=tmp_path / "data", ice_addresses=("127.0.0.1",), view_seconds=1.0)
+    return Settings(
+        data=tmp_path / "data", ice_addresses=("127.0.0.1",), view_seconds=1.0
+    )
 
 
 @pytest.fixture
@@ -30,7 +32,9 @@ async def http():
 @pytest.fixture
 def new_stage(server, http):
     async def create(name="The Band"):
-        async with http.post(f"{server.base}/api/stages", json={"name": name}) as response:
+        async with http.post(
+            f"{server.base}/api/stages", json={"name": name}
+        ) as response:
             assert response.status == 201, await response.text()
             return await response.json()
 

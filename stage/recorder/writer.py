@@ -11,8 +11,8 @@ import fractions
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import av
 
@@ -104,12 +104,16 @@ class Writer:
         if self._video:
             codec, width, height = self._video
             name = {"VP8": "vp8", "H264": "h264"}[codec]
-            streams["video"] = container.add_mux_stream(name, width=width, height=height)
+            streams["video"] = container.add_mux_stream(
+                name, width=width, height=height
+            )
             streams["video"].time_base = MILLISECONDS
         if self._audio:
             # A mux-only Opus stream gets no OpusHead and 0 channels; an encoder stream
             # that is never fed writes a correct header (RELAY-NOTES.md).
-            streams["audio"] = container.add_stream("libopus", rate=48000, layout="stereo")
+            streams["audio"] = container.add_stream(
+                "libopus", rate=48000, layout="stereo"
+            )
             streams["audio"].time_base = MILLISECONDS
         return streams
 
@@ -118,7 +122,7 @@ class Writer:
             return
         self._failed = True
         reason = describe_failure(exc)
-        logger.warning("recording %s failed: %s", self.path.name, reason)
+        logger.warning("recording %s failed: %s (%r)", self.path.name, reason, exc)
         self._on_error(reason)
 
     def _drain(self) -> None:
@@ -127,9 +131,10 @@ class Writer:
 
 
 def describe_failure(exc: Exception) -> str:
+    # Said to the performer: no paths, no internals (those go to the log above).
     errno = getattr(exc, "errno", None)
-    if errno == 28:
+    if errno in (28, 122):  # ENOSPC, EDQUOT
         return "the recording disk is full"
-    if errno in (13, 30):
+    if errno in (1, 2, 13, 17, 20, 30):  # EPERM ENOENT EACCES EEXIST ENOTDIR EROFS
         return "the recording folder cannot be written"
-    return f"the recording could not be written ({exc})"
+    return "the recording could not be written"

@@ -12,7 +12,16 @@ CLOCK_RATES = {"audio": 48000, "video": 90000}
 class MediaFrame:
     """One encoded frame, with its RTP timestamp counted from the publisher's first."""
 
-    __slots__ = ("kind", "codec", "data", "timestamp", "keyframe", "size", "source", "arrival")
+    __slots__ = (
+        "kind",
+        "codec",
+        "data",
+        "timestamp",
+        "keyframe",
+        "size",
+        "source",
+        "arrival",
+    )
 
     def __init__(
         self,

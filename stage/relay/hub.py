@@ -83,7 +83,9 @@ class StageHub:
             self._request_keyframe()
         elif self._retry is None:
             delay = KEYFRAME_INTERVAL - elapsed
-            self._retry = asyncio.get_running_loop().call_later(delay, self._retry_keyframe)
+            self._retry = asyncio.get_running_loop().call_later(
+                delay, self._retry_keyframe
+            )
 
     def _retry_keyframe(self) -> None:
         self._retry = None

@@ -47,15 +47,25 @@ def parse_offer(text: str, *, sending: bool) -> aiortc_sdp.SessionDescription:
     usable = [m for m in media if m.direction in wanted]
     if not usable:
         role = "send" if sending else "receive"
-        raise BadRequest(f"The offer has no audio or video section that can {role} media.")
+        raise BadRequest(
+            f"The offer has no audio or video section that can {role} media."
+        )
 
     for section in media:
-        if not section.ice or not section.ice.usernameFragment or not section.ice.password:
-            raise BadRequest("The offer lacks ICE credentials (a=ice-ufrag / a=ice-pwd).")
+        if (
+            not section.ice
+            or not section.ice.usernameFragment
+            or not section.ice.password
+        ):
+            raise BadRequest(
+                "The offer lacks ICE credentials (a=ice-ufrag / a=ice-pwd)."
+            )
         if not section.dtls or not section.dtls.fingerprints:
             raise BadRequest("The offer lacks a DTLS fingerprint (a=fingerprint).")
         names = {codec.name.lower() for codec in section.rtp.codecs}
-        if section in usable and not names & {n.lower() for n in ACCEPTED[section.kind]}:
+        if section in usable and not names & {
+            n.lower() for n in ACCEPTED[section.kind]
+        }:
             offered = ", ".join(sorted({c.name for c in section.rtp.codecs})) or "none"
             raise BadRequest(
                 f"No codec in the {section.kind} offer is supported (offered: {offered}). "
@@ -86,7 +96,8 @@ def narrow_codecs(transceiver: RTCRtpTransceiver, names: tuple[str, ...]) -> str
             rtx = [
                 c
                 for c in codecs
-                if c.name.lower() == "rtx" and c.parameters.get("apt") == keep.payloadType
+                if c.name.lower() == "rtx"
+                and c.parameters.get("apt") == keep.payloadType
             ]
             transceiver._codecs = [keep, *rtx]
             return keep.name

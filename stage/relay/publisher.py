@@ -12,13 +12,14 @@ import asyncio
 import logging
 import secrets
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
 from aiortc.rtp import RtcpSrPacket
 
 from ..errors import BadRequest
 from .frames import CLOCK_RATES, MediaFrame, describe_video
+from .ice import reachable_candidates
 from .negotiation import ACCEPTED, narrow_codecs, parse_offer, peer_connection
 
 logger = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ class FrameTap:
 class PublishedTrack:
     """One incoming track: its codec, and how its RTP clock maps to the sender's clock."""
 
-    def __init__(self, publisher: "Publisher", kind: str, codec: str, receiver) -> None:
+    def __init__(self, publisher: Publisher, kind: str, codec: str, receiver) -> None:
         self.publisher = publisher
         self.kind = kind
         self.codec = codec
@@ -105,7 +106,7 @@ class Publisher:
     @classmethod
     async def from_offer(
         cls, stage_id: str, offer_text: str, ice_servers: tuple[str, ...]
-    ) -> tuple["Publisher", str]:
+    ) -> tuple[Publisher, str]:
         parse_offer(offer_text, sending=True)
         pc = peer_connection(ice_servers)
         publisher = cls(stage_id, pc)
@@ -120,7 +121,8 @@ class Publisher:
         pending: list = []
         self.pc.on("track", lambda track: pending.append(track))
         try:
-            await self.pc.setRemoteDescription(RTCSessionDescription(offer_text, "offer"))
+            offer = RTCSessionDescription(reachable_candidates(offer_text), "offer")
+            await self.pc.setRemoteDescription(offer)
         except Exception as exc:
             logger.debug("publisher offer refused by aiortc: %r", exc)
             raise BadRequest(f"The offer could not be used: {exc}") from None

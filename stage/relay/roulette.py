@@ -8,7 +8,8 @@ chosen while another is live, and your last few stages only when nothing else is
 from __future__ import annotations
 
 import random
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 
 class Candidate(Protocol):

@@ -21,6 +21,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from ..errors import BadRequest
 from .frames import CLOCK_RATES, MediaFrame
+from .ice import reachable_candidates
 from .negotiation import ACCEPTED, narrow_codecs, parse_offer, peer_connection
 
 logger = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ SWITCH_GAP = {"video": 3000, "audio": 960}
 
 
 class ViewerTrack(MediaStreamTrack):
-    def __init__(self, kind: str, viewer: "Viewer") -> None:
+    def __init__(self, kind: str, viewer: Viewer) -> None:
         super().__init__()
         self.kind = kind
         self._viewer = viewer
@@ -134,7 +135,7 @@ class Viewer:
     @classmethod
     async def from_offer(
         cls, visitor: str, offer_text: str, ice_servers: tuple[str, ...], video_codec
-    ) -> tuple["Viewer", str]:
+    ) -> tuple[Viewer, str]:
         """Answer a viewer's offer, sending video in `video_codec` if it can take it."""
         parse_offer(offer_text, sending=False)
         pc = peer_connection(ice_servers)
@@ -148,14 +149,18 @@ class Viewer:
 
     async def _negotiate(self, offer_text: str, video_codec: str | None) -> str:
         try:
-            await self.pc.setRemoteDescription(RTCSessionDescription(offer_text, "offer"))
+            offer = RTCSessionDescription(reachable_candidates(offer_text), "offer")
+            await self.pc.setRemoteDescription(offer)
         except Exception as exc:
             logger.debug("viewer offer refused by aiortc: %r", exc)
             raise BadRequest(f"The offer could not be used: {exc}") from None
 
         for transceiver in self.pc.getTransceivers():
             kind = transceiver.kind
-            if kind in self.tracks or transceiver.direction not in ("recvonly", "sendrecv"):
+            if kind in self.tracks or transceiver.direction not in (
+                "recvonly",
+                "sendrecv",
+            ):
                 transceiver.direction = "inactive"
                 continue
             preferred = ACCEPTED[kind]
@@ -174,7 +179,9 @@ class Viewer:
             # encoder that does not exist); send it to the publisher instead.
             sender._send_keyframe = self.want_keyframe
         if not self.tracks:
-            raise BadRequest("The offer can receive neither Opus audio nor VP8/H.264 video.")
+            raise BadRequest(
+                "The offer can receive neither Opus audio nor VP8/H.264 video."
+            )
 
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)

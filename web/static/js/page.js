@@ -28,6 +28,23 @@ export function show(element, visible) {
 }
 
 /**
+ * Run a callback once the page has loaded (now, if it has).
+ *
+ * A media element delays the document's load event until its first frame
+ * (HTML, "delaying the load event"): a stage that sends no video yet would
+ * hold the page in "loading" for good. So pages attach media through this.
+ *
+ * @param {function(): void} callback
+ */
+export function afterLoad(callback) {
+  if (document.readyState === 'complete') {
+    callback();
+  } else {
+    window.addEventListener('load', callback, { once: true });
+  }
+}
+
+/**
  * The ICE servers the server put in `<meta name="stage-ice-servers">`:
  * a JSON list of STUN/TURN URLs (or RTCIceServer objects).
  *

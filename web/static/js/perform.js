@@ -3,7 +3,7 @@
 
 import { requestJson } from './api.js';
 import {
-  byId, iceServers, savePerformer, savedPerformer, show,
+  afterLoad, byId, iceServers, savePerformer, savedPerformer, show,
 } from './page.js';
 import { hangUp, peerConfig, publish } from './signalling.js';
 
@@ -216,8 +216,12 @@ async function startPreview() {
     return;
   }
   media = stream;
-  preview.srcObject = media;
-  preview.play().catch(() => {});
+  afterLoad(() => {
+    if (media === stream) {
+      preview.srcObject = stream;
+      preview.play().catch(() => {});
+    }
+  });
   show(previewAudioOnly, media.getVideoTracks().length === 0);
   mediaStatus.textContent = note;
   updateButtons();

@@ -3,14 +3,15 @@
 // renegotiates; it only learns the new stage from the viewer's events.
 
 import { requestJson } from './api.js';
-import { byId, iceServers, show } from './page.js';
+import { afterLoad, byId, iceServers, show } from './page.js';
 import { hangUp, peerConfig, watch } from './signalling.js';
 
 const DEFAULT_RETRY_SECONDS = 3;
 const ERROR_RETRY_SECONDS = 5;
 const DISCONNECTED_GRACE_MS = 8000;
 const NO_VIDEO_AFTER_MS = 2000;
-const VIDEO_CHECK_MS = 300;
+const FRAME_GAP_MS = 1500;
+const VIDEO_CHECK_MS = 250;
 const NOTICE_MS = 3000;
 
 const player = byId('player');
@@ -63,11 +64,18 @@ async function start() {
 
   // One MediaStream for both tracks, whatever streams the server declares.
   const media = new MediaStream();
-  player.srcObject = media;
   let playback = null;
   pc.addEventListener('track', (event) => {
     media.addTrack(event.track);
-    playback ??= startPlayback();
+    afterLoad(() => {
+      if (state.pc !== pc) {
+        return;
+      }
+      if (player.srcObject !== media) {
+        player.srcObject = media;
+      }
+      playback ??= startPlayback();
+    });
   });
   pc.addEventListener('connectionstatechange', () => {
     if (run === generation) {
@@ -309,8 +317,10 @@ function flash(text) {
 // After a switch the receiver keeps its track, so the element would go on
 // showing the previous performer's last frame until new video is decoded.
 // Decoded-frame counts from getStats tell when the new stage's video
-// arrives; until then the picture is dimmed, and after NO_VIDEO_AFTER_MS
-// without a frame the audio-only placeholder covers it.
+// arrives; until then the picture is dimmed. From NO_VIDEO_AFTER_MS after
+// the switch, a gap of FRAME_GAP_MS without a decoded frame brings up the
+// audio-only placeholder. The gap is shorter than the delay because frames
+// of the previous stage still in flight are decoded just after a switch.
 
 function stageSwitched() {
   switchedAt = performance.now();
@@ -344,7 +354,7 @@ async function checkVideo() {
     screen.classList.remove('is-switching');
   }
 
-  const recent = frames === null || now - lastFrameAt < NO_VIDEO_AFTER_MS;
+  const recent = frames === null || now - lastFrameAt < FRAME_GAP_MS;
   const noVideo = player.videoWidth === 0 || !recent;
   show(audioOnly, noVideo && now - switchedAt >= NO_VIDEO_AFTER_MS);
 }
