@@ -7,6 +7,14 @@ from stage.server import create_app
 pytest_plugins = ["tests.media", "tests.browser"]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def loopback_only():
+    """Every aiortc peer in the tests, server or client, gathers on 127.0.0.1 only."""
+    from stage.relay.ice import gather_on
+
+    gather_on(("127.0.0.1",))
+
+
 @pytest.fixture
 def settings(tmp_path):
     return Settings(
