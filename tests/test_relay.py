@@ -158,3 +158,70 @@ async def test_audio_only_performer_is_heard(server, new_stage):
     assert viewer.frames["video"] == []
     await viewer.stop()
     await publisher.stop()
+
+
+async def test_slow_viewer_does_not_stall_others(server, new_stage):
+    from stage.appkeys import VENUE
+    from stage.relay.viewer import QUEUE_LIMIT
+
+    stage = await new_stage()
+    publisher = await Publisher(server.base, stage["id"], stage["key"]).start()
+    fast = await Viewer(server.base).start()
+    slow = await Viewer(server.base).start()
+    await fast.wait_video(count=5)
+
+    # Stall the slow viewer's outgoing transport on the server: every packet now takes
+    # 200 ms to leave, as on a starved link.
+    venue = server.app[VENUE]
+    stalled = venue.viewers[slow.location.rsplit("/", 1)[1]]
+    transport = stalled.pc.getSenders()[0].transport
+
+    async def crawl(data, _send=transport._send_rtp):
+        await asyncio.sleep(0.2)
+        await _send(data)
+
+    transport._send_rtp = crawl
+    track = stalled.tracks["video"]
+    started = time.monotonic()
+    await asyncio.sleep(3)
+    fast_frames = len(fast.video_since(started + 0.5))
+    assert fast_frames > 60, f"the fast viewer got {fast_frames} frames in 2.5 s"
+    assert len(track._frames) <= QUEUE_LIMIT["video"], len(track._frames)
+    assert track.dropped > 0, "the stalled viewer must have skipped frames"
+    await fast.stop()
+    await slow.stop()
+    await publisher.stop()
+
+
+async def test_viewer_keyframe_requests_reach_the_publisher_coalesced(server, new_stage):
+    stage = await new_stage()
+    publisher = await Publisher(server.base, stage["id"], stage["key"]).start()
+    requests = []
+    for sender in publisher.pc.getSenders():
+        if sender.track and sender.track.kind == "video":
+            original = sender._send_keyframe
+
+            def counted(original=original):
+                requests.append(time.monotonic())
+                original()
+
+            sender._send_keyframe = counted
+    viewers = [await Viewer(server.base).start() for _ in range(3)]
+    await asyncio.gather(*(v.wait_video(count=5) for v in viewers))
+    await asyncio.sleep(1.5)
+
+    requests.clear()
+    for _ in range(10):
+        for viewer in viewers:
+            receiver = next(
+                t.receiver for t in viewer.pc.getTransceivers() if t.kind == "video"
+            )
+            ssrc = receiver.getSynchronizationSources()[0].source
+            await receiver._send_rtcp_pli(ssrc)
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(1.0)
+    # 30 PLIs from viewers within ~0.3 s: the publisher hears of it, but only a few times.
+    assert 1 <= len(requests) <= 3, f"{len(requests)} keyframe requests reached the publisher"
+    for viewer in viewers:
+        await viewer.stop()
+    await publisher.stop()
