@@ -107,7 +107,9 @@ async def wait_frames_decoded(page, above: int, timeout: float = 10.0) -> int:
         await asyncio.sleep(0.05)
 
 
-async def wait_playing(page, selector: str = "#player", timeout_ms: int = UI_TIMEOUT_MS):
+async def wait_playing(
+    page, selector: str = "#player", timeout_ms: int = UI_TIMEOUT_MS
+):
     """The video element shows pictures and its clock advances."""
     await page.wait_for_function(
         "(sel) => document.querySelector(sel).videoWidth > 0",
@@ -168,9 +170,10 @@ def decode(data: bytes) -> dict:
 async def test_perform_watch_next_and_download(
     server, new_stage, http, media, tmp_path
 ):
-    async with launch_chromium(media) as stage_browser, launch_chromium(
-        None
-    ) as audience_browser:
+    async with (
+        launch_chromium(media) as stage_browser,
+        launch_chromium(None) as audience_browser,
+    ):
         # The performer creates "Bikes" in the browser and goes live.
         perform = await new_page(stage_browser)
         await perform.goto(f"{server.base}/perform")
@@ -217,7 +220,8 @@ async def test_perform_watch_next_and_download(
         assert on is not None and on["id"] in names, on
         await expect(watch.locator("#stage-name")).to_have_text(names[on["id"]])
         await wait_playing(watch)
-        decoded = await wait_frames_decoded(watch, 10)
+        decoded = await wait_frames_decoded(watch, 0)
+        await wait_frames_decoded(watch, decoded + 10)  # and rising
         await expect(watch.locator("#waiting")).to_be_hidden()
         await expect(watch.locator("#watching")).to_have_text("1")
         await watch.evaluate("() => { window.__pc0 = window.stageWatch.pc; }")
@@ -268,9 +272,10 @@ async def test_perform_watch_next_and_download(
             assert await watch.evaluate(
                 "() => window.stageWatch.pc === window.__pc0"
             ), f"Next ({how}) replaced the peer connection"
-            assert await watch.evaluate(
-                "() => window.stageWatch.pc.connectionState"
-            ) == "connected"
+            assert (
+                await watch.evaluate("() => window.stageWatch.pc.connectionState")
+                == "connected"
+            )
             await expect(watch.locator("#watching")).to_have_text("1")
             await expect(perform.locator("#watching")).to_have_text(
                 "1" if target == bikes["id"] else "0"
@@ -295,11 +300,17 @@ async def test_perform_watch_next_and_download(
         await expect(watch.locator("#stage-name")).to_have_text(
             "Night Pattern", timeout=UI_TIMEOUT_MS
         )
-        await watch.wait_for_function(
-            FIRST_FRAME_AFTER,
-            arg={"t0": ended_at, "wide": True},
-            timeout=UI_TIMEOUT_MS,
-            polling=50,
+        moved = await (
+            await watch.wait_for_function(
+                FIRST_FRAME_AFTER,
+                arg={"t0": ended_at, "wide": True},
+                timeout=UI_TIMEOUT_MS,
+                polling=50,
+            )
+        ).json_value()
+        print(
+            f"End show -> viewer's first frame of the other stage: "
+            f"{moved['t'] - ended_at:.0f} ms"
         )
         await wait_frames_decoded(watch, before + 15, timeout=5)
         assert (await viewer_stage(http, server.base, viewer_id))["id"] == pattern["id"]
@@ -327,7 +338,9 @@ async def test_perform_watch_next_and_download(
         await dashboard.goto(f"{server.base}/stages/{bikes['id']}")
         table = dashboard.locator("#performances")
         form = dashboard.locator("#sign-in-form")
-        await expect(table.or_(form)).to_be_visible(timeout=UI_TIMEOUT_MS)
+        await dashboard.wait_for_selector(
+            "#performances:visible, #sign-in-form:visible", timeout=UI_TIMEOUT_MS
+        )
         if await form.is_visible():
             await dashboard.fill("#key", bikes["key"])
             await dashboard.click("#sign-in")
@@ -356,7 +369,9 @@ async def test_watch_page_waits_when_nothing_is_live_then_plays(server, new_stag
             "Late Arrival", timeout=10_000
         )
         await wait_playing(page)
-        print(f"\nwaiting page playing {time.monotonic() - live_at:.2f} s after go-live")
+        print(
+            f"\nwaiting page playing {time.monotonic() - live_at:.2f} s after go-live"
+        )
         await publisher.stop()
 
 
@@ -369,9 +384,7 @@ async def test_dashboard_asks_for_the_key_once(server, new_stage, http):
     async with launch_chromium(None) as browser:
         page = await new_page(browser)
         await page.goto(f"{server.base}/stages/{stage['id']}")
-        await expect(page.locator("#sign-in-form")).to_be_visible(
-            timeout=UI_TIMEOUT_MS
-        )
+        await expect(page.locator("#sign-in-form")).to_be_visible(timeout=UI_TIMEOUT_MS)
         await expect(page.locator("#performances")).to_be_hidden()
 
         await page.fill("#key", "not-the-key")
@@ -389,9 +402,7 @@ async def test_dashboard_asks_for_the_key_once(server, new_stage, http):
         await expect(page.locator("#dashboard-name")).to_have_text("Open Mic")
 
         await page.reload()
-        await expect(page.locator("#performances")).to_be_visible(
-            timeout=UI_TIMEOUT_MS
-        )
+        await expect(page.locator("#performances")).to_be_visible(timeout=UI_TIMEOUT_MS)
         await expect(page.locator("tr.performance")).to_have_count(1)
         await expect(page.locator("#sign-in-form")).to_be_hidden()
 
