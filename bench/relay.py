@@ -76,7 +76,9 @@ class CountingViewer:
         def on_track(track):
             for t in self.pc.getTransceivers():
                 if t.receiver.track is track:
-                    t.receiver._RTCRtpReceiver__decoder_queue = FrameTap(count(track.kind))
+                    t.receiver._RTCRtpReceiver__decoder_queue = FrameTap(
+                        count(track.kind)
+                    )
 
         self.pc.on("track", on_track)
         await self.pc.setLocalDescription(await self.pc.createOffer())
@@ -127,15 +129,28 @@ async def run(args) -> list[dict]:
     base = f"http://127.0.0.1:{port}"
     data = tempfile.mkdtemp(prefix="stage-bench-")
     server = subprocess.Popen(
-        [sys.executable, "-m", "stage", "--port", str(port), "--data", data,
-         "--ice-address", "127.0.0.1", "--log-level", "WARNING"],
+        [
+            sys.executable,
+            "-m",
+            "stage",
+            "--port",
+            str(port),
+            "--data",
+            data,
+            "--ice-address",
+            "127.0.0.1",
+            "--log-level",
+            "WARNING",
+        ],
         cwd=ROOT,
     )
     try:
         for _ in range(100):
             try:
                 async with aiohttp.ClientSession() as http:
-                    async with http.post(f"{base}/api/stages", json={"name": "Bench"}) as r:
+                    async with http.post(
+                        f"{base}/api/stages", json={"name": "Bench"}
+                    ) as r:
                         stage = await r.json()
                 break
             except aiohttp.ClientConnectionError:
@@ -153,8 +168,10 @@ async def run(args) -> list[dict]:
             for n in args.viewers:
                 row = await measure(base, server.pid, n, args.seconds)
                 rows[n].append(row)
-                print(f"round {round_ + 1} viewers {n:3d}: cpu {row['cpu_percent']:5.1f} %",
-                      flush=True)
+                print(
+                    f"round {round_ + 1} viewers {n:3d}: cpu {row['cpu_percent']:5.1f} %",
+                    flush=True,
+                )
         await publisher.stop()
     finally:
         server.send_signal(signal.SIGINT)
@@ -162,15 +179,20 @@ async def run(args) -> list[dict]:
 
     summary = []
     for n, runs in rows.items():
-        summary.append({
-            "viewers": n,
-            "cpu_percent": statistics.median(r["cpu_percent"] for r in runs),
-            "rss_mb": statistics.median(r["rss_mb"] for r in runs),
-            "fps_min": min((r["fps_min"] for r in runs if r["fps_min"] is not None),
-                           default=None),
-            "fps_median": statistics.median(r["fps_median"] for r in runs)
-            if n else None,
-        })
+        summary.append(
+            {
+                "viewers": n,
+                "cpu_percent": statistics.median(r["cpu_percent"] for r in runs),
+                "rss_mb": statistics.median(r["rss_mb"] for r in runs),
+                "fps_min": min(
+                    (r["fps_min"] for r in runs if r["fps_min"] is not None),
+                    default=None,
+                ),
+                "fps_median": statistics.median(r["fps_median"] for r in runs)
+                if n
+                else None,
+            }
+        )
     return summary
 
 
@@ -183,19 +205,34 @@ def main() -> None:
     summary = asyncio.run(run(args))
 
     baseline = next((r["cpu_percent"] for r in summary if r["viewers"] == 0), None)
-    print("\nviewers  server CPU %  per viewer %  vs publisher-only  RSS MB  fps min/median")
+    print(
+        "\nviewers  server CPU %  per viewer %  vs publisher-only  RSS MB  fps min/median"
+    )
     for r in summary:
-        per = ((r["cpu_percent"] - baseline) / r["viewers"]
-               if baseline is not None and r["viewers"] else None)
+        per = (
+            (r["cpu_percent"] - baseline) / r["viewers"]
+            if baseline is not None and r["viewers"]
+            else None
+        )
         ratio = r["cpu_percent"] / baseline if baseline else None
-        print(f"{r['viewers']:7d}  {r['cpu_percent']:12.1f}  "
-              f"{per if per is not None else float('nan'):12.2f}  "
-              f"{ratio if ratio else float('nan'):17.2f}  {r['rss_mb']:6.0f}  "
-              f"{r['fps_min'] or 0:.1f}/{r['fps_median'] or 0:.1f}")
+        print(
+            f"{r['viewers']:7d}  {r['cpu_percent']:12.1f}  "
+            f"{per if per is not None else float('nan'):12.2f}  "
+            f"{ratio if ratio else float('nan'):17.2f}  {r['rss_mb']:6.0f}  "
+            f"{r['fps_min'] or 0:.1f}/{r['fps_median'] or 0:.1f}"
+        )
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"relay-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    out.write_text(json.dumps({"machine": os.uname().nodename, "cores": os.cpu_count(),
-                               "results": summary}, indent=1))
+    out.write_text(
+        json.dumps(
+            {
+                "machine": os.uname().nodename,
+                "cores": os.cpu_count(),
+                "results": summary,
+            },
+            indent=1,
+        )
+    )
     print(f"\nwritten to {out.relative_to(ROOT)}")
 
 

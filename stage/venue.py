@@ -27,6 +27,9 @@ logger = logging.getLogger(__name__)
 
 # A publisher or viewer whose connection is not up by then is given up on.
 CONNECT_TIMEOUT = 30.0
+# A live publisher that sends nothing for this long is taken to be gone: ICE consent
+# would only notice after about 30 s, leaving viewers on a frozen picture meanwhile.
+SILENCE_TIMEOUT = 5.0
 RETRY_AFTER = 3
 
 
@@ -86,7 +89,8 @@ class Venue:
             connected.cancel()
             if publisher.connected.is_set() and not publisher.gone.is_set():
                 self._go_live(stage, publisher)
-                await gone
+                await self._watch_for_silence(publisher, gone)
+                gone.cancel()
             else:
                 gone.cancel()
                 logger.info(
@@ -116,6 +120,21 @@ class Venue:
         self._start_performance(hub)
         self._seat_waiting_viewers(hub)
         self.bulletin.notify(("stage", stage.id))
+
+    async def _watch_for_silence(
+        self, publisher: Publisher, gone: asyncio.Future
+    ) -> None:
+        while not gone.done():
+            await asyncio.wait({gone}, timeout=1.0)
+            hub = self.hubs.get(publisher.stage_id)
+            if hub is None or hub.publisher is not publisher:
+                return
+            silent = time.monotonic() - hub.last_frame_at
+            if silent > SILENCE_TIMEOUT:
+                logger.info(
+                    "stage %s: no media for %.0f s, ending", hub.stage_id, silent
+                )
+                return
 
     async def _publisher_gone(self, publisher: Publisher) -> None:
         self.publishers.pop(publisher.id, None)

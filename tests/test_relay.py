@@ -193,7 +193,9 @@ async def test_slow_viewer_does_not_stall_others(server, new_stage):
     await publisher.stop()
 
 
-async def test_viewer_keyframe_requests_reach_the_publisher_coalesced(server, new_stage):
+async def test_viewer_keyframe_requests_reach_the_publisher_coalesced(
+    server, new_stage
+):
     stage = await new_stage()
     publisher = await Publisher(server.base, stage["id"], stage["key"]).start()
     requests = []
@@ -221,7 +223,37 @@ async def test_viewer_keyframe_requests_reach_the_publisher_coalesced(server, ne
         await asyncio.sleep(0.02)
     await asyncio.sleep(1.0)
     # 30 PLIs from viewers within ~0.3 s: the publisher hears of it, but only a few times.
-    assert 1 <= len(requests) <= 3, f"{len(requests)} keyframe requests reached the publisher"
+    assert 1 <= len(requests) <= 3, (
+        f"{len(requests)} keyframe requests reached the publisher"
+    )
     for viewer in viewers:
         await viewer.stop()
     await publisher.stop()
+
+
+async def test_a_publisher_that_goes_silent_ends_and_viewers_move_on(
+    server, new_stage, http
+):
+    a, b = await new_stage("Frozen"), await new_stage("Alive")
+    pa = await Publisher(server.base, a["id"], a["key"]).start(shade=0)
+    pb = await Publisher(server.base, b["id"], b["key"]).start(shade=200)
+    viewer = await Viewer(server.base).start(stage_id=a["id"])
+    await viewer.wait_video(count=5, where=dark)
+
+    # The performer's machine stops sending media (a hung encoder, a cut uplink) while
+    # its ICE agent still answers: no goodbye, and nothing for ICE consent to notice.
+    async def swallow(data):
+        pass
+
+    for sender in pa.pc.getSenders():
+        sender.transport._send_rtp = swallow
+    cut = time.monotonic()
+    await viewer.wait_video(count=5, since=cut, where=bright, timeout=12)
+    moved_after = time.monotonic() - cut
+    async with http.get(f"{server.base}/api/stages/{a['id']}") as response:
+        summary = await response.json()
+    assert summary["live"] is False and summary["viewers"] == 0, summary
+    assert moved_after < 9, f"viewers were moved on after {moved_after:.1f} s"
+    await viewer.stop()
+    await pa.pc.close()
+    await pb.stop()

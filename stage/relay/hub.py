@@ -39,6 +39,7 @@ class StageHub:
         self._last_keyframe_request = 0.0
         self._retry: asyncio.TimerHandle | None = None
         self.ended = False
+        self.last_frame_at = time.monotonic()
         publisher.deliver = self._on_frame
 
     @property
@@ -54,12 +55,14 @@ class StageHub:
         old, self.publisher = self.publisher, publisher
         old.deliver = None
         publisher.deliver = self._on_frame
+        self.last_frame_at = time.monotonic()
         self.want_keyframe()
         return old
 
     # fan-out
 
     def _on_frame(self, frame: MediaFrame) -> None:
+        self.last_frame_at = frame.arrival
         if frame.keyframe and frame.kind == "video":
             self._keyframe_wanted = False
         for consumer in tuple(self._consumers[frame.kind]):
