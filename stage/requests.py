@@ -27,7 +27,7 @@ async def read_json(request: web.Request) -> dict:
     body = await _read_limited(request, MAX_JSON_BYTES)
     try:
         value = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise BadRequest("The body is not valid JSON.") from None
     if not isinstance(value, dict):
         raise BadRequest("The body must be a JSON object.")

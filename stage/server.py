@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from pathlib import Path
 
 import aiohttp_jinja2
@@ -30,7 +31,29 @@ CONTENT_SECURITY_POLICY = (
 )
 
 
+class HideTokens(logging.Filter):
+    """Keys passed as `?token=` must not reach the access log."""
+
+    pattern = re.compile(r"([?&]token=)[^&\s\"]+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            record.args = tuple(
+                self.pattern.sub(r"\1***", a) if isinstance(a, str) else a
+                for a in record.args
+            )
+        record.msg = self.pattern.sub(r"\1***", str(record.msg))
+        return True
+
+
+def hide_tokens_in_access_log() -> None:
+    access = logging.getLogger("aiohttp.access")
+    if not any(isinstance(f, HideTokens) for f in access.filters):
+        access.addFilter(HideTokens())
+
+
 def create_app(settings: Settings) -> web.Application:
+    hide_tokens_in_access_log()
     app = web.Application(middlewares=[errors_as_json, security_headers])
     app[SETTINGS] = settings
     aiohttp_jinja2.setup(

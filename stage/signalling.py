@@ -8,6 +8,7 @@ from aiohttp import web
 
 from .api import send_events
 from .appkeys import STORE, VENUE
+from .relay.negotiation import parse_offer
 from .requests import find_stage, read_sdp, remember_visitor, require_key, visitor_id
 
 logger = logging.getLogger(__name__)
@@ -88,6 +89,8 @@ async def watch(request: web.Request) -> web.Response:
     if stage_id is not None:
         find_stage(request.app[STORE], stage_id)
     offer = await read_sdp(request)
+    # A broken offer is the client's to fix: say so before "nothing is live".
+    parse_offer(offer, sending=False)
     visitor, new = visitor_id(request)
     viewer = await request.app[VENUE].watch(visitor, offer, stage_id)
     response = sdp_answer(viewer.answer, f"/whep/viewers/{viewer.id}")

@@ -26,8 +26,19 @@ def free_port() -> int:
 
 async def start_server(data: Path, port: int) -> subprocess.Popen:
     process = subprocess.Popen(
-        [sys.executable, "-m", "stage", "--port", str(port), "--data", str(data),
-         "--ice-address", "127.0.0.1", "--log-level", "WARNING"],
+        [
+            sys.executable,
+            "-m",
+            "stage",
+            "--port",
+            str(port),
+            "--data",
+            str(data),
+            "--ice-address",
+            "127.0.0.1",
+            "--log-level",
+            "WARNING",
+        ],
         cwd=ROOT,
     )
     for _ in range(200):
@@ -75,7 +86,9 @@ async def test_sigkill_mid_show_keeps_all_but_about_a_second(tmp_path):
                 assert r.status == 200
                 payload = await r.read()
             async with http.get(f"{base}/api/stages") as r:
-                assert (await r.json())["stages"] == [], "nothing is live after a restart"
+                assert (await r.json())["stages"] == [], (
+                    "nothing is live after a restart"
+                )
     finally:
         server.send_signal(signal.SIGINT)
         server.wait(timeout=20)
@@ -87,7 +100,9 @@ async def test_sigkill_mid_show_keeps_all_but_about_a_second(tmp_path):
     # The performance went live a moment after the publisher connected, so the file is
     # a little shorter than the time we measured even before the kill cost anything.
     lost = killed_after - duration
-    print(f"killed after {killed_after:.2f} s, recovered {duration:.2f} s ({frames} frames)")
+    print(
+        f"killed after {killed_after:.2f} s, recovered {duration:.2f} s ({frames} frames)"
+    )
     assert lost < 1.6, f"lost {lost:.2f} s of {killed_after:.2f} s"
     assert frames > 25 * duration * 0.8
     assert abs(performance["duration"] - duration) < 0.5, performance

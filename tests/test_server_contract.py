@@ -8,6 +8,7 @@ where they apply (B29, B33, B35, B36, B37, B39, B40, B42).
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import sqlite3
 import time
@@ -125,7 +126,9 @@ async def assert_nothing_left(server, http, stage_id=None, what=""):
     # A rejected offer must not leave a half-built connection behind (B29), even one
     # that is only registered a moment later.
     await asyncio.sleep(0.05)
-    assert venue.publishers == {}, f"{what}: leftover publishers {list(venue.publishers)}"
+    assert venue.publishers == {}, (
+        f"{what}: leftover publishers {list(venue.publishers)}"
+    )
     assert venue.hubs == {}, f"{what}: leftover live hubs {list(venue.hubs)}"
     assert venue.viewers == {}, f"{what}: leftover viewers {list(venue.viewers)}"
     assert await live_ids(server, http) == [], f"{what}: a stage is listed as live"
@@ -134,7 +137,9 @@ async def assert_nothing_left(server, http, stage_id=None, what=""):
         assert info["live"] is False, f"{what}: the stage is live: {info}"
 
 
-async def sending_offer(closing, audio=True, video=True) -> tuple[RTCPeerConnection, str]:
+async def sending_offer(
+    closing, audio=True, video=True
+) -> tuple[RTCPeerConnection, str]:
     """A real aiortc publisher's offer (tracks that send), its pc kept open."""
     pc = closing(new_pc())
     if audio:
@@ -290,7 +295,9 @@ async def test_create_with_10_mb_body_is_413(server, http, settings, chunked):
         data=body() if chunked else payload,
         headers={"Content-Type": "application/json"},
     )
-    assert_error(status, answer, 413, f"10 MB JSON body ({'chunked' if chunked else 'sized'})")
+    assert_error(
+        status, answer, 413, f"10 MB JSON body ({'chunked' if chunked else 'sized'})"
+    )
     assert stage_rows(settings) == 0
     assert await live_ids(server, http) == []
 
@@ -299,7 +306,9 @@ async def test_create_with_10_mb_body_is_413(server, http, settings, chunked):
 
 
 async def test_unknown_stage_is_404_json(server, http):
-    status, _, body = await call(http, "GET", f"{server.base}/api/stages/{UNKNOWN_STAGE}")
+    status, _, body = await call(
+        http, "GET", f"{server.base}/api/stages/{UNKNOWN_STAGE}"
+    )
     assert_error(status, body, 404, "GET /api/stages/{unknown}")
 
 
@@ -379,6 +388,50 @@ async def test_whip_token_in_query_string_publishes(server, http, new_stage, clo
     await wait_live(server, http, stage["id"])
 
 
+class Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.name} {record.levelname} {record.getMessage()}")
+
+
+async def test_whip_key_never_reaches_the_log_above_debug(
+    server, http, new_stage, closing
+):
+    """B39: the key may come in the query string; INFO logs (the access log among
+    them, as `python -m stage` runs at INFO) must not show it."""
+    stage = await new_stage()
+    root = logging.getLogger()
+    collect, level = Collect(), root.level
+    root.addHandler(collect)
+    root.setLevel(logging.INFO)
+    try:
+        pc, offer = await sending_offer(closing)
+        async with ClientSession() as encoder:  # a new connection, like OBS's
+            status, _, answer = await call(
+                encoder,
+                "POST",
+                f"{server.base}/whip/{stage['id']}?token={stage['key']}",
+                data=offer,
+                headers=SDP,
+            )
+        assert status == 201, answer
+        await connect(pc, answer)
+        pc2, offer2 = await sending_offer(closing)
+        async with ClientSession() as encoder:
+            status, _, answer2 = await whip(server, encoder, stage, offer2)
+        assert status == 201, answer2
+        await asyncio.sleep(0.2)
+    finally:
+        root.removeHandler(collect)
+        root.setLevel(level)
+    leaked = [line for line in collect.lines if stage["key"] in line]
+    assert collect.lines, "nothing was logged at INFO: the check saw nothing"
+    assert leaked == [], f"the stage key is in the log: {leaked[:3]}"
+
+
 async def test_whip_to_unknown_stage_is_404(server, http, closing):
     _, offer = await sending_offer(closing)
     status, _, body = await call(
@@ -411,7 +464,7 @@ def _truncated_at(fraction):
 
 
 async def _truncated_in_fingerprint(closing):
-    """Cut inside the last section's first fingerprint: a line that is only half there."""
+    """Cut inside the last section's first fingerprint: half a line is left."""
     _, offer = await sending_offer(closing)
     start = offer.rindex("a=fingerprint:sha-256 ")
     return offer[: start + len("a=fingerprint:sha-256 ") + 20]
@@ -491,7 +544,9 @@ async def test_whip_unusable_offer_is_400(server, http, new_stage, closing, case
 async def test_whip_not_utf8_is_400(server, http, new_stage, closing):
     stage = await new_stage()
     _, offer = await sending_offer(closing)
-    status, _, body = await whip(server, http, stage, offer.encode() + b"a=x:\xff\xfe\r\n")
+    status, _, body = await whip(
+        server, http, stage, offer.encode() + b"a=x:\xff\xfe\r\n"
+    )
     assert_error(status, body, 400, "WHIP offer that is not UTF-8")
     await assert_nothing_left(server, http, stage["id"], "WHIP not UTF-8")
 
@@ -542,7 +597,7 @@ async def test_whip_201_has_sdp_type_location_and_server_candidates(
     location = headers.get("Location")
     assert location and location.startswith("/"), f"Location: {location!r}"
     assert answer.startswith("v=0"), answer[:100]
-    candidates = [l for l in answer.splitlines() if l.startswith("a=candidate:")]
+    candidates = [x for x in answer.splitlines() if x.startswith("a=candidate:")]
     assert any(" 127.0.0.1 " in c for c in candidates), (
         f"the answer names no 127.0.0.1 candidate: {candidates}"
     )
@@ -559,7 +614,7 @@ async def test_whip_offer_without_candidates_gets_server_candidates(
     assert "a=candidate" not in bare
     status, headers, answer = await whip(server, http, stage, bare)
     assert status == 201, f"WHIP without candidates: {status} {answer!r}"
-    candidates = [l for l in answer.splitlines() if l.startswith("a=candidate:")]
+    candidates = [x for x in answer.splitlines() if x.startswith("a=candidate:")]
     assert any(" 127.0.0.1 " in c for c in candidates), (
         f"the answer to a candidate-less offer names no 127.0.0.1 candidate: {answer}"
     )
@@ -686,13 +741,17 @@ async def test_whip_options_answers_cors_with_accept_post(server, http, new_stag
 
 async def test_whep_with_nothing_live_is_409_with_retry_after(server, http, closing):
     offer = await receiving_offer(closing)
-    status, headers, body = await call(http, "POST", f"{server.base}/whep", data=offer, headers=SDP)
+    status, headers, body = await call(
+        http, "POST", f"{server.base}/whep", data=offer, headers=SDP
+    )
     assert_error(status, body, 409, "WHEP with nothing live")
     assert int(headers.get("Retry-After", "0")) > 0, f"Retry-After: {headers}"
     await assert_nothing_left(server, http, None, "WHEP with nothing live")
 
 
-async def test_whep_to_a_stage_that_is_not_live_is_409(server, http, new_stage, closing):
+async def test_whep_to_a_stage_that_is_not_live_is_409(
+    server, http, new_stage, closing
+):
     stage = await new_stage()
     offer = await receiving_offer(closing)
     status, headers, body = await call(
@@ -782,7 +841,9 @@ async def test_whep_garbage_is_400_even_when_nothing_is_live(server, http):
 
 async def test_whep_10_mb_body_is_413(server, http, live_stage):
     body = b"v=0\r\n" + b"a=x-filler:" + b"x" * (10 * 1024 * 1024) + b"\r\n"
-    status, _, answer = await call(http, "POST", f"{server.base}/whep", data=body, headers=SDP)
+    status, _, answer = await call(
+        http, "POST", f"{server.base}/whep", data=body, headers=SDP
+    )
     assert_error(status, answer, 413, "WHEP 10 MB offer")
     assert server.app[VENUE].viewers == {}
 
@@ -907,7 +968,9 @@ async def test_short_watch_is_not_a_view(server, http, new_stage, closing):
     assert info["views"] == 0, f"a watch shorter than view_seconds counted: {info}"
 
 
-async def test_viewer_that_vanishes_is_no_longer_counted(server, http, new_stage, closing):
+async def test_viewer_that_vanishes_is_no_longer_counted(
+    server, http, new_stage, closing
+):
     """B42: a killed tab sends no DELETE; watching-now must still come back to 0."""
     stage = await new_stage()
     closing(await Publisher(server.base, stage["id"], stage["key"]).start())

@@ -7,6 +7,7 @@ cannot use; checking first lets every bad offer become one clear sentence and a 
 from __future__ import annotations
 
 import logging
+import re
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpTransceiver
 from aiortc import sdp as aiortc_sdp
@@ -20,6 +21,11 @@ MAX_OFFER_BYTES = 64 * 1024
 # What the relay forwards, in order of preference. Opus for audio; VP8 first for video
 # because every browser viewer can receive it.
 ACCEPTED = {"audio": ("opus",), "video": ("VP8", "H264")}
+
+
+# RFC 8122: a hash function name and colon-separated hex pairs of its length.
+FINGERPRINT_BYTES = {"sha-256": 32, "sha-384": 48, "sha-512": 64}
+HEX_PAIRS = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2})*")
 
 
 def describe_accepted() -> str:
@@ -62,6 +68,18 @@ def parse_offer(text: str, *, sending: bool) -> aiortc_sdp.SessionDescription:
             )
         if not section.dtls or not section.dtls.fingerprints:
             raise BadRequest("The offer lacks a DTLS fingerprint (a=fingerprint).")
+        for fingerprint in section.dtls.fingerprints:
+            size = FINGERPRINT_BYTES.get(fingerprint.algorithm.lower())
+            value = fingerprint.value
+            if (
+                size is None
+                or not HEX_PAIRS.fullmatch(value)
+                or len(value) != 3 * size - 1
+            ):
+                raise BadRequest(
+                    "The offer's DTLS fingerprint is malformed "
+                    "(a=fingerprint needs sha-256, sha-384 or sha-512 in hex pairs)."
+                )
         names = {codec.name.lower() for codec in section.rtp.codecs}
         if section in usable and not names & {
             n.lower() for n in ACCEPTED[section.kind]
