@@ -8,11 +8,13 @@ import logging
 import time
 import unicodedata
 from datetime import UTC, datetime
+from urllib.parse import quote
 
 from aiohttp import web
 
 from .appkeys import STORE, VENUE
 from .errors import BadRequest, NotFound, Unauthorized
+from .recorder.files import live_path_for
 from .requests import find_stage, owner_cookie, read_json, require_owner
 from .store import PerformanceRecord, StageRecord
 
@@ -82,6 +84,8 @@ def stage_summary(app: web.Application, stage: StageRecord) -> dict:
         "viewers": hub.watching if hub else 0,
         "views": app[STORE].stage_views(stage.id, time.time()),
         "recording": venue.recording_state(stage.id),
+        # Lets a performer's page see that another connection took the stage over.
+        "publisher": hub.publisher.id if hub else None,
     }
 
 
@@ -158,13 +162,18 @@ def iso(seconds: float | None) -> str | None:
     return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
 
 
-def performance_summary(p: PerformanceRecord, views: int, now: float) -> dict:
+def performance_summary(p: PerformanceRecord, views: int, now: float, data) -> dict:
     end = p.ended_at if p.ended_at is not None else now
     recording = None
     if p.recording_path:
+        size = p.recording_bytes
+        if p.recording_state == "recording":
+            # Still being written: what is on disk so far.
+            live = live_path_for(data / p.recording_path)
+            size = live.stat().st_size if live.is_file() else 0
         recording = {
             "url": f"/api/performances/{p.id}/recording",
-            "bytes": p.recording_bytes,
+            "bytes": size,
             "state": p.recording_state,
             "error": p.recording_error,
         }
@@ -186,13 +195,11 @@ async def list_performances(request: web.Request) -> web.Response:
     now = time.time()
     performances = store.performances(stage.id)
     views = store.views([p.id for p in performances], now)
-    return web.json_response(
-        {
-            "performances": [
-                performance_summary(p, views.get(p.id, 0), now) for p in performances
-            ]
-        }
-    )
+    data = request.app[VENUE].data
+    listed = [
+        performance_summary(p, views.get(p.id, 0), now, data) for p in performances
+    ]
+    return web.json_response({"performances": listed})
 
 
 async def download_recording(request: web.Request) -> web.StreamResponse:
@@ -211,9 +218,19 @@ async def download_recording(request: web.Request) -> web.StreamResponse:
     path = (data / performance.recording_path).resolve()
     if data.resolve() not in path.parents or not path.is_file():
         raise NotFound("The recording file is missing.")
-    filename = f"{stage.name}-{path.name}".replace('"', "'")
     return web.FileResponse(
-        path, headers={"Content-Disposition": f'attachment; filename="{filename}"'}
+        path, headers={"Content-Disposition": attachment(f"{stage.name}-{path.name}")}
+    )
+
+
+def attachment(filename: str) -> str:
+    """A Content-Disposition naming the file, for old and new clients (RFC 6266)."""
+    plain = "".join(
+        c if c.isascii() and c.isprintable() and c not in '"\\' else "_"
+        for c in filename
+    )
+    return (
+        f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(filename, safe='')}"
     )
 
 

@@ -30,6 +30,11 @@ CONNECT_TIMEOUT = 30.0
 # A live publisher that sends nothing for this long is taken to be gone: ICE consent
 # would only notice after about 30 s, leaving viewers on a frozen picture meanwhile.
 SILENCE_TIMEOUT = 5.0
+# How long a stage whose publisher dropped without a goodbye waits for it to return.
+RECONNECT_GRACE = 5.0
+# A viewer that sends no RTCP for this long is taken to be gone (rather than waiting
+# some 30 s for ICE consent to expire).
+VIEWER_SILENCE_TIMEOUT = 6.0
 RETRY_AFTER = 3
 
 
@@ -78,6 +83,7 @@ class Venue:
         return publisher
 
     async def _run_publisher(self, stage: StageRecord, publisher: Publisher) -> None:
+        silent = False
         try:
             connected = asyncio.ensure_future(publisher.connected.wait())
             gone = asyncio.ensure_future(publisher.gone.wait())
@@ -89,7 +95,7 @@ class Venue:
             connected.cancel()
             if publisher.connected.is_set() and not publisher.gone.is_set():
                 self._go_live(stage, publisher)
-                await self._watch_for_silence(publisher, gone)
+                silent = await self._watch_for_silence(publisher, gone)
                 gone.cancel()
             else:
                 gone.cancel()
@@ -97,7 +103,10 @@ class Venue:
                     "stage %s: publisher %s never connected", stage.id, publisher.id
                 )
         finally:
-            await self._publisher_gone(publisher)
+            # A connection that dropped without a goodbye may be a page reload or an
+            # encoder restart: hold the stage a moment for the same key to come back.
+            # Silence has been waited out already, and a DELETE means it.
+            await self._publisher_gone(publisher, hold=not silent)
 
     def _go_live(self, stage: StageRecord, publisher: Publisher) -> None:
         hub = self.hubs.get(stage.id)
@@ -123,25 +132,37 @@ class Venue:
 
     async def _watch_for_silence(
         self, publisher: Publisher, gone: asyncio.Future
-    ) -> None:
+    ) -> bool:
+        """Wait until the publisher is gone; True if it went silent rather than away."""
         while not gone.done():
             await asyncio.wait({gone}, timeout=1.0)
             hub = self.hubs.get(publisher.stage_id)
             if hub is None or hub.publisher is not publisher:
-                return
+                return False
             silent = time.monotonic() - hub.last_frame_at
             if silent > SILENCE_TIMEOUT:
                 logger.info(
                     "stage %s: no media for %.0f s, ending", hub.stage_id, silent
                 )
-                return
+                return True
+        return False
 
-    async def _publisher_gone(self, publisher: Publisher) -> None:
+    async def _publisher_gone(self, publisher: Publisher, hold: bool) -> None:
         self.publishers.pop(publisher.id, None)
         await publisher.close()
         hub = self.hubs.get(publisher.stage_id)
-        if hub is not None and hub.publisher is publisher:
-            await self.end_stage(hub)
+        if hub is None or hub.publisher is not publisher:
+            return
+        if hold and not publisher.said_goodbye:
+            logger.info(
+                "stage %s: publisher %s dropped, holding", hub.stage_id, publisher.id
+            )
+            deadline = time.monotonic() + RECONNECT_GRACE
+            while time.monotonic() < deadline and hub.publisher is publisher:
+                await asyncio.sleep(0.1)
+            if hub.publisher is not publisher:
+                return
+        await self.end_stage(hub)
 
     async def unpublish(self, stage_id: str, publisher_id: str) -> None:
         publisher = self.publishers.get(publisher_id)
@@ -149,6 +170,7 @@ class Venue:
             raise NotFound(
                 "This publishing session does not exist or has already ended."
             )
+        publisher.said_goodbye = True
         await publisher.close()
         hub = self.hubs.get(stage_id)
         if hub is not None and hub.publisher is publisher:
@@ -313,14 +335,24 @@ class Venue:
         return viewer
 
     async def _run_viewer(self, viewer: Viewer) -> None:
+        """Watch over a visit until the viewer leaves, vanishes or never arrives."""
         try:
-            await asyncio.wait_for(viewer.gone.wait(), CONNECT_TIMEOUT)
-        except TimeoutError:
-            if viewer.pc.connectionState != "connected":
-                logger.info("viewer %s: never connected", viewer.id)
-                await viewer.close()
-            else:
-                await viewer.gone.wait()
+            while not viewer.gone.is_set():
+                try:
+                    await asyncio.wait_for(viewer.gone.wait(), 1.0)
+                except TimeoutError:
+                    pass
+                connected = viewer.pc.connectionState == "connected"
+                waited = time.monotonic() - viewer.joined_at
+                if not connected and waited > CONNECT_TIMEOUT:
+                    logger.info("viewer %s: never connected", viewer.id)
+                    return
+                # Browsers report reception about once a second; a viewer we have
+                # not heard from in a while has closed its tab or lost its network.
+                silent = time.monotonic() - viewer.last_heard
+                if connected and silent > VIEWER_SILENCE_TIMEOUT:
+                    logger.info("viewer %s: silent for %.0f s, gone", viewer.id, silent)
+                    return
         finally:
             await self.leave(viewer.id)
 

@@ -426,3 +426,37 @@ async def test_perform_page_reload_stays_signed_in(server):
         # The key is shown only once, right after creating the stage.
         await expect(page.locator("#key-box")).to_be_hidden()
         await expect(page.locator("#go-live")).to_be_enabled(timeout=UI_TIMEOUT_MS)
+
+
+async def test_reloading_the_perform_page_mid_show_keeps_the_viewers(server, http):
+    from tests.peers import Viewer
+
+    async with launch_chromium(None) as browser:
+        page = await new_page(browser)
+        await page.goto(f"{server.base}/perform")
+        await page.fill("#stage-name", "Reload Band")
+        await page.click("#create-stage")
+        await expect(page.locator("#go-live")).to_be_enabled(timeout=UI_TIMEOUT_MS)
+        await page.click("#go-live")
+        await expect(page.locator("#live-status")).to_have_text("Live", timeout=15_000)
+        saved = await page.evaluate(
+            "() => JSON.parse(localStorage.getItem('stage.performer'))"
+        )
+        viewer = await Viewer(server.base).start(stage_id=saved["id"])
+        await viewer.wait_video(count=10)
+
+        reloaded = time.monotonic()
+        await page.reload()
+        # The page goes back on air by itself, and the viewer, still on the stage,
+        # gets the new connection's picture.
+        await expect(page.locator("#live-status")).to_have_text("Live", timeout=15_000)
+        first = await viewer.wait_video(count=1, since=reloaded + 0.5, timeout=10)
+        await viewer.wait_video(count=30, since=first, timeout=5)
+        status, body = await viewer.request("GET")
+        assert body["stage"]["id"] == saved["id"], body
+        print(f"reload: picture back {first - reloaded:.2f} s after the reload began")
+        async with http.get(f"{server.base}/api/stages") as response:
+            assert [s["id"] for s in (await response.json())["stages"]] == [saved["id"]]
+        await page.click("#end-show")
+        await expect(page.locator("#live-status")).to_have_text("Off air")
+        await viewer.stop()

@@ -35,6 +35,10 @@ def recording_paths(
     return folder / f"{stamp}{LIVE_SUFFIX}{extension}", folder / f"{stamp}{extension}"
 
 
+def live_path_for(final: Path) -> Path:
+    return final.with_name(final.stem + LIVE_SUFFIX + final.suffix)
+
+
 def final_path_for(live: Path) -> Path:
     return live.with_name(live.name.replace(LIVE_SUFFIX, "", 1))
 

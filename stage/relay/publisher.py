@@ -97,6 +97,7 @@ class Publisher:
         self.tracks: dict[str, PublishedTrack] = {}
         self.connected = asyncio.Event()
         self.gone = asyncio.Event()
+        self.said_goodbye = False  # ended by its owner (WHIP DELETE), not dropped
         # Where frames go once the stage hub takes this publisher on.
         self.deliver: Callable[[MediaFrame], None] | None = None
         self._keyframe_task: asyncio.Task | None = None

@@ -28,7 +28,10 @@ logger = logging.getLogger(__name__)
 
 # Frames a viewer may fall behind before it skips to the next keyframe (video) or
 # drops the oldest (audio): about a second either way.
-QUEUE_LIMIT = {"video": 30, "audio": 50}
+QUEUE_LIMIT = {"video": 90, "audio": 50}
+# Replayed frames are put this far apart (1 ms at 90 kHz): the browser decodes them
+# straight away and shows the newest, which is the publisher's current picture.
+REPLAY_STEP = 90
 # The gap put between the last frame of one source and the first of the next.
 SWITCH_GAP = {"video": 3000, "audio": 960}
 
@@ -60,7 +63,11 @@ class ViewerTrack(MediaStreamTrack):
         if self.readyState != "live":
             return
         if frame.source is not self._source:
-            if self._needs_keyframe and not frame.keyframe:
+            # A new source (another stage, or the performer reconnected): video
+            # can only start on a keyframe of its own.
+            if self.kind == "video" and not frame.keyframe:
+                self._needs_keyframe = True
+                self._viewer.want_keyframe()
                 return
             self._anchor(frame)
         if self._needs_keyframe:
@@ -84,15 +91,31 @@ class ViewerTrack(MediaStreamTrack):
         self._frames.append((frame.data, frame.timestamp + self._offset))
         self._arrived.set()
 
-    def _anchor(self, frame: MediaFrame) -> None:
+    def replay(self, frames: list[MediaFrame]) -> None:
+        """Start from a kept keyframe and the frames after it, squeezed in time."""
+        if not frames or self.readyState != "live":
+            return
+        start = self._next_start()
+        last = frames[-1]
+        self._frames.clear()
+        for i, frame in enumerate(frames):
+            self._frames.append((frame.data, start + i * REPLAY_STEP))
+        # Live frames carry on from the newest replayed one at their own pace.
+        self._offset = start + (len(frames) - 1) * REPLAY_STEP - last.timestamp
+        self._source = last.source
+        self._needs_keyframe = False
+        self._arrived.set()
+
+    def _next_start(self) -> int:
         if self._last_pts is None:
-            start = 0
-        else:
-            # Carry on from the last timestamp sent, plus the wall time since then,
-            # so a switch looks to the browser like a short gap, never a jump back.
-            idle = int((time.monotonic() - self._last_sent) * self._rate)
-            start = self._last_pts + max(SWITCH_GAP[self.kind], idle)
-        self._offset = start - frame.timestamp
+            return 0
+        # Carry on from the last timestamp sent, plus the wall time since then, so a
+        # switch looks to the browser like a short gap, never a jump back.
+        idle = int((time.monotonic() - self._last_sent) * self._rate)
+        return self._last_pts + max(SWITCH_GAP[self.kind], idle)
+
+    def _anchor(self, frame: MediaFrame) -> None:
+        self._offset = self._next_start() - frame.timestamp
         self._source = frame.source
         self._frames.clear()
 
@@ -128,6 +151,7 @@ class Viewer:
         self.recent: collections.deque[str] = collections.deque(maxlen=3)
         self.video_codec: str | None = None
         self.joined_at = time.monotonic()
+        self.last_heard = self.joined_at
         self.gone = asyncio.Event()
         self.watch_id: int | None = None
         pc.on("connectionstatechange", self._on_state)
@@ -178,6 +202,7 @@ class Viewer:
             # In packet mode aiortc drops a viewer's PLI/FIR (it would only flag an
             # encoder that does not exist); send it to the publisher instead.
             sender._send_keyframe = self.want_keyframe
+            self._listen_for_reports(sender)
         if not self.tracks:
             raise BadRequest(
                 "The offer can receive neither Opus audio nor VP8/H.264 video."
@@ -186,6 +211,15 @@ class Viewer:
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
         return self.pc.localDescription.sdp
+
+    def _listen_for_reports(self, sender) -> None:
+        handle = sender._handle_rtcp_packet
+
+        async def heard(packet) -> None:
+            self.last_heard = time.monotonic()
+            await handle(packet)
+
+        sender._handle_rtcp_packet = heard
 
     def want_keyframe(self) -> None:
         if self.hub is not None:
@@ -207,7 +241,12 @@ class Viewer:
         hub.peak = max(hub.peak, hub.watching)
         for kind, track in self.tracks.items():
             hub.subscribe(kind, track)
-        hub.want_keyframe()
+        video = self.tracks.get("video")
+        picture = hub.current_picture() if video else []
+        if picture:
+            video.replay(picture)
+        else:
+            hub.want_keyframe()
 
     async def _on_state(self) -> None:
         state = self.pc.connectionState

@@ -8,6 +8,10 @@ import {
 import { hangUp, peerConfig, publish } from './signalling.js';
 
 const EVENTS_RETRY_MS = 5000;
+// Set when the page goes away mid-show: a reload goes straight back on air,
+// and the server hands the stage to the new connection without dropping the
+// viewers (it holds a stage a few seconds for its key to come back).
+const RESUME_KEY = 'stage.resume';
 const MAX_NAME_LENGTH = 80;
 
 const signedOut = byId('signed-out');
@@ -225,6 +229,10 @@ async function startPreview() {
   show(previewAudioOnly, media.getVideoTracks().length === 0);
   mediaStatus.textContent = note;
   updateButtons();
+  if (sessionStorage.getItem(RESUME_KEY) === performer.id) {
+    sessionStorage.removeItem(RESUME_KEY);
+    goLive();
+  }
 }
 
 function stopPreview() {
@@ -376,6 +384,7 @@ function listen(id) {
     const stage = JSON.parse(event.data);
     watching.textContent = String(stage.viewers ?? 0);
     showRecording(stage.recording ?? null);
+    noticeTakeover(stage);
   });
   source.addEventListener('error', () => {
     // EventSource reconnects by itself unless the server refused it.
@@ -387,6 +396,23 @@ function listen(id) {
       }, EVENTS_RETRY_MS);
     }
   });
+}
+
+// Another tab or an encoder published with the same key: the server gave it
+// the stage, so this connection is no longer on air.
+function noticeTakeover(stage) {
+  const mine = live?.location?.split('/').pop();
+  if (!mine || live.pc.connectionState !== 'connected') {
+    return;
+  }
+  if (stage.live && stage.publisher && stage.publisher !== mine) {
+    const current = live;
+    live = null;
+    current.pc.close();
+    setStatus('Your stage is now live from another connection (another ' +
+      'tab or an encoder), so this page is off air.', 'error');
+    updateButtons();
+  }
 }
 
 function showRecording(recording) {
@@ -411,12 +437,12 @@ function showRecording(recording) {
   }
 }
 
-// Leaving the page mid-show ends it, instead of leaving viewers on a
-// frozen picture until the connection times out.
+// Leaving the page mid-show does not end it at once: this may be a reload,
+// which comes back on air by itself. A tab that is really closed stops
+// sending, and the server ends the show a few seconds later.
 window.addEventListener('pagehide', () => {
-  if (live?.location) {
-    hangUp(live.location, performer?.key, { keepalive: true })
-      .catch(() => {});
+  if (live && performer) {
+    sessionStorage.setItem(RESUME_KEY, performer.id);
   }
   live?.pc.close();
   live = null;

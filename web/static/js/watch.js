@@ -235,6 +235,7 @@ function setStage(stage) {
   show(connecting, false);
 
   if (!stage) {
+    screen.classList.add('is-waiting');
     show(waiting, true);
     show(liveBadge, false);
     show(audioOnly, false);
@@ -244,14 +245,46 @@ function setStage(stage) {
     return;
   }
 
+  screen.classList.remove('is-waiting');
   show(waiting, false);
   show(liveBadge, true);
-  stageName.textContent = stage.name;
-  audioOnlyName.textContent = stage.name;
   watching.textContent = String(stage.viewers ?? 0);
-  document.title = `${stage.name} — Stage`;
   if (stage.id !== previous?.id) {
     stageSwitched();
+    // The name follows the picture: it changes when the first frame after
+    // the switch is shown, not when the server answers.
+    whenPictureArrives(() => {
+      if (state.stage?.id === stage.id) {
+        nameStage(stage);
+      }
+    });
+  } else {
+    nameStage(stage);
+  }
+}
+
+function nameStage(stage) {
+  stageName.textContent = stage.name;
+  audioOnlyName.textContent = stage.name;
+  document.title = `${stage.name} — Stage`;
+}
+
+const NAME_FALLBACK_MS = 1500;
+
+function whenPictureArrives(callback) {
+  let done = false;
+  const once = () => {
+    if (!done) {
+      done = true;
+      callback();
+    }
+  };
+  // An audio-only stage never shows a frame: name it after a moment anyway.
+  setTimeout(once, NAME_FALLBACK_MS);
+  if ('requestVideoFrameCallback' in player && player.srcObject) {
+    player.requestVideoFrameCallback(once);
+  } else {
+    once();
   }
 }
 
