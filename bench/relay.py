@@ -26,11 +26,9 @@ import time
 from pathlib import Path
 
 import aiohttp
-from aiortc import RTCSessionDescription
 
 from stage.relay.ice import gather_on
-from stage.relay.publisher import FrameTap
-from tests.peers import Publisher, ToneTrack, new_pc, wait_connected
+from tests.peers import CountingViewer, Publisher, ToneTrack
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -52,52 +50,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
-
-
-class CountingViewer:
-    """A WHEP viewer that counts encoded frames as they arrive, decoding nothing."""
-
-    def __init__(self, base: str) -> None:
-        self.base = base
-        self.pc = new_pc()
-        self.frames = {"audio": 0, "video": 0}
-        self.location = None
-
-    async def start(self) -> None:
-        self.pc.addTransceiver("audio", direction="recvonly")
-        self.pc.addTransceiver("video", direction="recvonly")
-
-        def count(kind):
-            def on_frame(codec, frame):
-                self.frames[kind] += 1
-
-            return on_frame
-
-        def on_track(track):
-            for t in self.pc.getTransceivers():
-                if t.receiver.track is track:
-                    t.receiver._RTCRtpReceiver__decoder_queue = FrameTap(
-                        count(track.kind)
-                    )
-
-        self.pc.on("track", on_track)
-        await self.pc.setLocalDescription(await self.pc.createOffer())
-        async with aiohttp.ClientSession() as http:
-            async with http.post(
-                f"{self.base}/whep",
-                data=self.pc.localDescription.sdp,
-                headers={"Content-Type": "application/sdp"},
-            ) as r:
-                assert r.status == 201, await r.text()
-                self.location = r.headers["Location"]
-                answer = await r.text()
-        await self.pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
-        await wait_connected(self.pc)
-
-    async def stop(self) -> None:
-        async with aiohttp.ClientSession() as http:
-            await http.delete(self.base + self.location)
-        await self.pc.close()
 
 
 async def measure(base: str, pid: int, viewers: int, seconds: float) -> dict:

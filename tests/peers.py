@@ -21,6 +21,9 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError
 
+from stage.relay.frames import describe_video
+from stage.relay.publisher import FrameTap
+
 VIDEO_RATE = 90000
 
 
@@ -215,4 +218,60 @@ class Viewer:
             await self.request("DELETE")
         for reader in self._readers:
             reader.cancel()
+        await self.pc.close()
+
+
+class CountingViewer:
+    """A WHEP viewer that counts encoded frames as they arrive, decoding nothing."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.pc = new_pc()
+        self.frames = {"audio": 0, "video": 0}
+        self.keyframes = 0
+        self.location = None
+
+    async def start(self, stage_id: str | None = None) -> CountingViewer:
+        self.pc.addTransceiver("audio", direction="recvonly")
+        self.pc.addTransceiver("video", direction="recvonly")
+
+        def count(kind):
+            def on_frame(codec, frame):
+                self.frames[kind] += 1
+                if kind == "video" and describe_video(codec.name, frame.data)[0]:
+                    self.keyframes += 1
+
+            return on_frame
+
+        def on_track(track):
+            for t in self.pc.getTransceivers():
+                if t.receiver.track is track:
+                    t.receiver._RTCRtpReceiver__decoder_queue = FrameTap(
+                        count(track.kind)
+                    )
+
+        self.pc.on("track", on_track)
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        async with aiohttp.ClientSession() as http:
+            async with http.post(
+                f"{self.base}/whep" + (f"/{stage_id}" if stage_id else ""),
+                data=self.pc.localDescription.sdp,
+                headers={"Content-Type": "application/sdp"},
+            ) as r:
+                assert r.status == 201, await r.text()
+                self.location = r.headers["Location"]
+                answer = await r.text()
+        await self.pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+        await wait_connected(self.pc)
+        return self
+
+    async def next(self) -> dict:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{self.base}{self.location}/next") as r:
+                assert r.status == 200, await r.text()
+                return await r.json()
+
+    async def stop(self) -> None:
+        async with aiohttp.ClientSession() as http:
+            await http.delete(self.base + self.location)
         await self.pc.close()
