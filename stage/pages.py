@@ -6,6 +6,7 @@ import aiohttp_jinja2
 from aiohttp import web
 
 from .appkeys import STORE
+from .errors import NotFound
 from .requests import find_stage
 
 
@@ -32,6 +33,12 @@ async def perform(request: web.Request) -> dict:
 
 
 async def dashboard(request: web.Request) -> web.Response:
-    stage = find_stage(request.app[STORE], request.match_info["id"])
+    try:
+        stage = find_stage(request.app[STORE], request.match_info["id"])
+    except NotFound as exc:
+        context = {"message": exc.message}
+        return aiohttp_jinja2.render_template(
+            "missing.html", request, context, status=404
+        )
     context = {"stage_id": stage.id, "stage_name": stage.name}
     return aiohttp_jinja2.render_template("dashboard.html", request, context)

@@ -315,6 +315,8 @@ async def test_unknown_stage_is_404_json(server, http):
 async def test_unknown_stage_page_is_404(server, http):
     status, _, body = await call(http, "GET", f"{server.base}/stages/{UNKNOWN_STAGE}")
     assert status == 404, f"GET /stages/{{unknown}}: {status} {str(body)[:200]!r}"
+    # A page for a person, not raw JSON.
+    assert "<html" in str(body) and "There is no stage with this id" in str(body), body
 
 
 async def test_performances_need_the_right_key(server, http, new_stage):
