@@ -29,11 +29,14 @@ logger = logging.getLogger(__name__)
 # Frames a viewer may fall behind before it skips to the next keyframe (video) or
 # drops the oldest (audio): about a second either way.
 QUEUE_LIMIT = {"video": 90, "audio": 50}
-# Replayed frames are put this far apart (1 ms at 90 kHz): the browser decodes them
-# straight away and shows the newest, which is the publisher's current picture.
-REPLAY_STEP = 90
-# The gap put between the last frame of one source and the first of the next.
-SWITCH_GAP = {"video": 3000, "audio": 960}
+# Replayed frames are put one clock tick apart, ending at "now": the browser decodes
+# them straight away and shows the newest, which is the publisher's current picture.
+REPLAY_STEP = 1
+
+
+def _frame_step(kind: str) -> int:
+    # One frame's worth of ticks at the usual rates: 30 fps video, 20 ms Opus.
+    return 3000 if kind == "video" else 960
 
 
 class ViewerTrack(MediaStreamTrack):
@@ -95,24 +98,32 @@ class ViewerTrack(MediaStreamTrack):
         """Start from a kept keyframe and the frames after it, squeezed in time."""
         if not frames or self.readyState != "live":
             return
-        start = self._next_start()
+        count = len(frames)
+        now = self._next_start(room=count * REPLAY_STEP)
         last = frames[-1]
         self._frames.clear()
         for i, frame in enumerate(frames):
-            self._frames.append((frame.data, start + i * REPLAY_STEP))
-        # Live frames carry on from the newest replayed one at their own pace.
-        self._offset = start + (len(frames) - 1) * REPLAY_STEP - last.timestamp
+            self._frames.append((frame.data, now - (count - 1 - i) * REPLAY_STEP))
+        # Live frames go on at the publisher's pace from where the newest kept frame
+        # would be in real time (it arrived a moment ago), never before `now`.
+        age = int((time.monotonic() - last.arrival) * self._rate)
+        self._offset = max(now - age, now + 1 - _frame_step(self.kind)) - last.timestamp
         self._source = last.source
         self._needs_keyframe = False
         self._arrived.set()
 
-    def _next_start(self) -> int:
+    def _next_start(self, room: int = 1) -> int:
+        """The outgoing timestamp of "now", at least `room` ticks past the last one.
+
+        Timestamps follow the wall clock across switches: a switch looks to the
+        browser like a short gap, never a jump back and never a jump ahead. (Running
+        ahead adds up over many Nexts, and the browser then holds every picture back
+        by as much.)
+        """
         if self._last_pts is None:
-            return 0
-        # Carry on from the last timestamp sent, plus the wall time since then, so a
-        # switch looks to the browser like a short gap, never a jump back.
+            return room
         idle = int((time.monotonic() - self._last_sent) * self._rate)
-        return self._last_pts + max(SWITCH_GAP[self.kind], idle)
+        return self._last_pts + max(room, idle)
 
     def _anchor(self, frame: MediaFrame) -> None:
         self._offset = self._next_start() - frame.timestamp
