@@ -268,6 +268,7 @@ async def test_full_disk_truncates_the_recording_and_the_show_goes_on(
     again = await Publisher(server.base, stage["id"], stage["key"]).start()
     viewer = await Viewer(server.base).start(stage["id"])
     await viewer.wait_video(count=30, timeout=10)
+    await asyncio.sleep(3)
     await viewer.stop()
     await again.stop()
     performance = await wait_recording(
