@@ -46,7 +46,9 @@ def make_recording(media, target: Path, seconds: float) -> None:
         for packet in video.encode(None):
             output.mux(packet)
         samples = 0
-        resampler = av.AudioResampler(format="s16", layout="stereo", rate=48000, frame_size=960)
+        resampler = av.AudioResampler(
+            format="s16", layout="stereo", rate=48000, frame_size=960
+        )
         while samples < seconds * 48000:
             with av.open(str(media.music)) as music:
                 for frame in music.decode(audio=0):
@@ -79,7 +81,7 @@ def main(seconds: float) -> None:
             ("MP4 (H.264 + AAC)", clips.export_mp4, folder / "clip.mp4"),
             ("as recorded (WebM)", clips.cut_as_recorded, folder / "clip.webm"),
         ):
-            made, wall, cpu = timed(lambda: cut(recording, target, start, end))
+            made, wall, cpu = timed(lambda c=cut, t=target: c(recording, t, start, end))
             print(
                 f"{name}: {made.duration:.1f} s clip in {wall:.1f} s wall,"
                 f" {cpu:.1f} s CPU, {target.stat().st_size / 1e6:.1f} MB,"

@@ -102,7 +102,9 @@ def recorder_threads() -> dict[int, str]:
 async def main(stages: int, seconds: float) -> None:
     meter = Meter()
     with tempfile.TemporaryDirectory() as data:
-        settings = Settings(data=Path(data), ice_addresses=("127.0.0.1",), port=free_port())
+        settings = Settings(
+            data=Path(data), ice_addresses=("127.0.0.1",), port=free_port()
+        )
         runner = web.AppRunner(create_app(settings), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", settings.port).start()
@@ -128,7 +130,11 @@ async def main(stages: int, seconds: float) -> None:
             threads = recorder_threads()
             assert len(threads) == stages, threads
             began = {tid: thread_cpu(tid) for tid in threads}
-            push_began, process_began, wall = meter.push, process_cpu(), time.monotonic()
+            push_began, process_began, wall = (
+                meter.push,
+                process_cpu(),
+                time.monotonic(),
+            )
             await asyncio.sleep(seconds)
             wall = time.monotonic() - wall
             writers = sum(thread_cpu(tid) - began[tid] for tid in threads)

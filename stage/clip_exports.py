@@ -115,7 +115,11 @@ class ClipExports:
             share(0.0, AS_RECORDED_SHARE),
         )
         made = clips.export_mp4(
-            recording, paths["mp4"], clip.start, clip.end, share(AS_RECORDED_SHARE, MP4_SHARE)
+            recording,
+            paths["mp4"],
+            clip.start,
+            clip.end,
+            share(AS_RECORDED_SHARE, MP4_SHARE),
         )
         clips.poster(paths["recorded"], paths["poster"], 0.0)
         self.progress[clip.id] = 1.0

@@ -119,9 +119,7 @@ async def make_clip(request: web.Request) -> web.Response:
     loop = asyncio.get_running_loop()
     length = await loop.run_in_executor(None, clips.duration_of, recording)
     if end > length + END_SLACK:
-        raise BadRequest(
-            f"The recording lasts {length:.1f} s; the end is beyond it."
-        )
+        raise BadRequest(f"The recording lasts {length:.1f} s; the end is beyond it.")
     end = min(end, length)
     if end - start <= 0:
         raise BadRequest("A clip cannot be zero seconds long.")

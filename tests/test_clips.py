@@ -283,14 +283,20 @@ async def test_an_export_does_not_stall_the_relay(server, http, recorded, new_st
     viewer = await Viewer(server.base).start(other["id"])
     await viewer.wait_video(count=10)
     _, clip = await make_clip(
-        server, http, stage, performance, {"start": 0, "end": performance["duration"] - 1}
+        server,
+        http,
+        stage,
+        performance,
+        {"start": 0, "end": performance["duration"] - 1},
     )
     began = time.monotonic()
     clip, _ = await wait_clip(server, http, clip["id"])
     took = time.monotonic() - began
     arrivals = [t for t, _ in viewer.frames["video"] if t >= began]
     gap = max(numpy.diff([began, *arrivals, began + took]))
-    print(f"export took {took:.1f} s; viewer got {len(arrivals)} frames, gap {gap:.2f} s")
+    print(
+        f"export took {took:.1f} s; viewer got {len(arrivals)} frames, gap {gap:.2f} s"
+    )
     assert clip["state"] == "ready"
     # An export on the event loop would freeze every viewer for its whole length.
     assert gap < max(1.0, took / 2), (gap, took)

@@ -160,7 +160,14 @@ async def test_performer_killed_without_goodbye_finishes_the_recording(
 ):
     stage = await new_stage()
     child = subprocess.Popen(
-        [sys.executable, "-c", PUBLISH_AND_HANG, server.base, stage["id"], stage["key"]],
+        [
+            sys.executable,
+            "-c",
+            PUBLISH_AND_HANG,
+            server.base,
+            stage["id"],
+            stage["key"],
+        ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,

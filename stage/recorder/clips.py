@@ -102,15 +102,20 @@ class _Reporter:
 
 
 def cut_as_recorded(
-    source: Path, target: Path, start: float, end: float, progress: Progress | None = None
+    source: Path,
+    target: Path,
+    start: float,
+    end: float,
+    progress: Progress | None = None,
 ) -> Made:
     frames = {"audio": 0, "video": 0}
     reporter = _Reporter(progress, start, end)
     last_end = 0.0
     format_name = "matroska" if target.suffix == ".mkv" else "webm"
-    with av.open(str(source)) as container, av.open(
-        str(target), "w", format=format_name
-    ) as output:
+    with (
+        av.open(str(source)) as container,
+        av.open(str(target), "w", format=format_name) as output,
+    ):
         video, audio = _streams(container)
         out_audio = output.add_stream_from_template(audio) if audio else None
         if out_audio is not None:
@@ -208,14 +213,21 @@ class _Head:
 
 
 def export_mp4(
-    source: Path, target: Path, start: float, end: float, progress: Progress | None = None
+    source: Path,
+    target: Path,
+    start: float,
+    end: float,
+    progress: Progress | None = None,
 ) -> Made:
     frames = {"audio": 0, "video": 0}
     reporter = _Reporter(progress, start, end)
     last_end = 0.0
-    with av.open(str(source)) as container, av.open(
-        str(target), "w", format="mp4", options={"movflags": "+faststart"}
-    ) as output:
+    with (
+        av.open(str(source)) as container,
+        av.open(
+            str(target), "w", format="mp4", options={"movflags": "+faststart"}
+        ) as output,
+    ):
         video, audio = _streams(container)
         out_video = out_audio = None
         resampler = None
