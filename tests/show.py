@@ -232,9 +232,13 @@ def _onsets(envelope) -> list[float]:
 
 def lip_sync(checked: Checked) -> list[float]:
     """For each flash, how far the nearest beep is from it (positive: sound is late)."""
+    # A file may start in the middle of a flash or a beep: that is no onset.
+    video_start, audio_start = checked.spans["video"][0], checked.spans["audio"][0]
+    flashes = [f for f in checked.flashes if f - video_start > FLASH_LENGTH * 1.5]
+    beeps = [b for b in checked.beeps if b - audio_start > FLASH_LENGTH * 1.5]
     offsets = []
-    for flash in checked.flashes:
-        near = [b - flash for b in checked.beeps if abs(b - flash) < 0.4]
+    for flash in flashes:
+        near = [b - flash for b in beeps if abs(b - flash) < 0.4]
         if near:
             offsets.append(min(near, key=abs))
     return offsets

@@ -94,6 +94,7 @@ async def test_a_clip_is_cut_to_the_moment_in_webm_and_mp4(
         tmp_path,
         "recording.webm",
     )
+    source_sync = lip_sync(check_file(recording))
     start, end = 3.3, 9.3
     status, clip = await make_clip(
         server, http, stage, performance, {"start": start, "end": end}
@@ -114,7 +115,11 @@ async def test_a_clip_is_cut_to_the_moment_in_webm_and_mp4(
         assert abs(checked.duration - (end - start)) < 0.15, checked.duration
         assert checked.spans["video"][0] < 0.05, checked.spans
         assert abs(checked.spans["audio"][0] - checked.spans["video"][0]) < 0.05
-        assert offsets and max(abs(o) for o in offsets) <= 0.045, offsets
+        # Audio stays where it was against the picture (the recording's own lip
+        # sync is tested in test_recorder_field.py).
+        assert offsets, (checked.flashes, checked.beeps)
+        shift = numpy.median(offsets) - numpy.median(source_sync)
+        assert abs(shift) <= 0.015, f"{kind} moved audio by {shift * 1000:.0f} ms"
 
         # The first picture is the recording's picture at the start, whole.
         first = picture_at(path, 0.0)
