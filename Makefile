@@ -1,6 +1,6 @@
 # Two commands: `make run` starts Stage on http://127.0.0.1:8080/, `make test` runs
 # every test. Both set up .venv from requirements.txt first; `make test` also installs
-# Debian's chromium for the browser tests when it is missing.
+# Debian's chromium (browser tests) and ffmpeg (ffprobe checks of recordings) when missing.
 
 PYTHON ?= python3
 VENV := .venv
@@ -17,9 +17,9 @@ run: $(VENV)/installed
 	$(PY) -m stage $(ARGS)
 
 chromium:
-	@command -v chromium >/dev/null || { \
+	@{ command -v chromium && command -v ffprobe; } >/dev/null || { \
 		apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium ffmpeg; }
 
 test: $(VENV)/installed chromium
 	$(PY) -m pytest $(ARGS)

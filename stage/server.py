@@ -12,7 +12,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from . import api, pages, signalling
+from . import api, clips_api, pages, signalling
 from .appkeys import SETTINGS, STORE, VENUE
 from .config import Settings
 from .errors import StageError
@@ -63,7 +63,9 @@ def create_app(settings: Settings) -> web.Application:
         autoescape=True,
     )
     app.cleanup_ctx.append(venue_lifetime)
+    app.cleanup_ctx.append(clips_api.exports_lifetime)
     api.add_routes(app.router)
+    clips_api.add_routes(app.router)
     signalling.add_routes(app.router)
     pages.add_routes(app.router)
     app.router.add_static("/static/", WEB / "static", name="static")

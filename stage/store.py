@@ -48,6 +48,26 @@ CREATE TABLE IF NOT EXISTS watches (
 CREATE INDEX IF NOT EXISTS watches_by_performance ON watches(performance_id, viewer);
 """
 
+CLIPS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS clips (
+    id TEXT PRIMARY KEY,
+    performance_id TEXT NOT NULL REFERENCES performances(id),
+    stage_id TEXT NOT NULL REFERENCES stages(id),
+    start REAL NOT NULL,
+    end REAL NOT NULL,
+    created_at REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT 'queued',
+    error TEXT,
+    recorded_path TEXT,
+    mp4_path TEXT,
+    poster_path TEXT,
+    bytes INTEGER NOT NULL DEFAULT 0,
+    duration REAL,
+    plays INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS clips_by_stage ON clips(stage_id, created_at);
+"""
+
 
 @dataclass(frozen=True)
 class StageRecord:
@@ -69,6 +89,24 @@ class PerformanceRecord:
     recording_error: str | None
 
 
+@dataclass(frozen=True)
+class ClipRecord:
+    id: str
+    performance_id: str
+    stage_id: str
+    start: float
+    end: float
+    created_at: float
+    state: str  # queued | exporting | ready | failed
+    error: str | None
+    recorded_path: str | None  # relative to the data folder, like recordings
+    mp4_path: str | None
+    poster_path: str | None
+    bytes: int
+    duration: float | None
+    plays: int
+
+
 def hash_key(key: str) -> str:
     # Keys are 32 random bytes, so a plain digest is enough: nothing to brute-force.
     return hashlib.sha256(key.encode()).hexdigest()
@@ -82,6 +120,7 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        self._db.executescript(CLIPS_SCHEMA)
         self.secret = self._session_secret()
 
     def close(self) -> None:
@@ -231,3 +270,65 @@ class Store:
         self._db.execute(
             "UPDATE performances SET ended_at=started_at WHERE ended_at IS NULL"
         )
+
+    # recordings the artist deletes
+
+    def forget_recording(self, performance_id: str) -> None:
+        self._db.execute(
+            "UPDATE performances SET recording_state='deleted', recording_path=NULL,"
+            " recording_bytes=0 WHERE id=?",
+            (performance_id,),
+        )
+
+    # clips
+
+    def create_clip(
+        self, performance: PerformanceRecord, start: float, end: float
+    ) -> ClipRecord:
+        clip_id = secrets.token_hex(8)
+        self._db.execute(
+            "INSERT INTO clips (id, performance_id, stage_id, start, end, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (clip_id, performance.id, performance.stage_id, start, end, time.time()),
+        )
+        return self.clip(clip_id)
+
+    def clip(self, clip_id: str) -> ClipRecord | None:
+        row = self._db.execute("SELECT * FROM clips WHERE id=?", (clip_id,)).fetchone()
+        return ClipRecord(**row) if row else None
+
+    def clips(self, stage_id: str) -> list[ClipRecord]:
+        rows = self._db.execute(
+            "SELECT * FROM clips WHERE stage_id=? ORDER BY created_at DESC",
+            (stage_id,),
+        ).fetchall()
+        return [ClipRecord(**row) for row in rows]
+
+    def unfinished_clips(self) -> list[ClipRecord]:
+        rows = self._db.execute(
+            "SELECT * FROM clips WHERE state IN ('queued', 'exporting')"
+            " ORDER BY created_at"
+        ).fetchall()
+        return [ClipRecord(**row) for row in rows]
+
+    def set_clip(self, clip_id: str, **fields) -> None:
+        allowed = {
+            "state",
+            "error",
+            "recorded_path",
+            "mp4_path",
+            "poster_path",
+            "bytes",
+            "duration",
+        }
+        assert set(fields) <= allowed, fields
+        columns = ", ".join(f"{name}=?" for name in fields)
+        self._db.execute(
+            f"UPDATE clips SET {columns} WHERE id=?", (*fields.values(), clip_id)
+        )
+
+    def count_play(self, clip_id: str) -> None:
+        self._db.execute("UPDATE clips SET plays=plays+1 WHERE id=?", (clip_id,))
+
+    def delete_clip(self, clip_id: str) -> None:
+        self._db.execute("DELETE FROM clips WHERE id=?", (clip_id,))

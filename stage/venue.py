@@ -237,7 +237,6 @@ class Venue:
         if performance is None:
             return
         recording = performance.recording
-        failed = recording.state == "failed"
         try:
             finished = await recording.close()
         except Exception:
@@ -249,9 +248,13 @@ class Venue:
                 error="the recording could not be finished",
             )
             return
+        failed = recording.state == "failed"
         if finished.path is None:
             self.store.set_recording(
-                performance.id, state="failed" if failed else "empty", size=0
+                performance.id,
+                state="failed" if failed else "empty",
+                size=0,
+                error=recording.error,
             )
         else:
             self.store.set_recording(

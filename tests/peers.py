@@ -98,11 +98,16 @@ class Publisher:
         self.pc = new_pc()
         self.location: str | None = None
 
-    async def start(self, audio=True, video=True, shade=0) -> Publisher:
-        if audio:
-            self.pc.addTransceiver(ToneTrack(), direction="sendonly")
-        if video:
-            self.pc.addTransceiver(PatternTrack(shade=shade), direction="sendonly")
+    async def start(self, audio=True, video=True, shade=0, tracks=()) -> Publisher:
+        """Publish a tone and a pattern, or the given `tracks` instead."""
+        if tracks:
+            for track in tracks:
+                self.pc.addTransceiver(track, direction="sendonly")
+        else:
+            if audio:
+                self.pc.addTransceiver(ToneTrack(), direction="sendonly")
+            if video:
+                self.pc.addTransceiver(PatternTrack(shade=shade), direction="sendonly")
         await self.pc.setLocalDescription(await self.pc.createOffer())
         async with aiohttp.ClientSession() as http:
             async with http.post(

@@ -103,6 +103,7 @@ def finish(live: Path) -> Finished:
         if not any(frames.values()):
             _remove(live)
             return Finished(None, 0.0, 0, frames)
+        trim_torn_end(live)
         live.rename(final)
         duration = (last - first) if first is not None else 0.0
         return Finished(final, duration, final.stat().st_size, frames)
@@ -116,6 +117,76 @@ def finish(live: Path) -> Finished:
     _remove(live)
     duration = (last - first) if first is not None else 0.0
     return Finished(final, duration, final.stat().st_size, frames)
+
+
+# Matroska element ids (RFC 9559) that the trim below needs.
+SEGMENT = 0x18538067
+
+
+def trim_torn_end(path: Path) -> None:
+    """Cut a live file back to its last complete top-level element.
+
+    A live file is a segment of unknown size holding clusters of known size, written
+    whole (writer.py). A crash or a full disk can leave the last cluster half written;
+    players then report a file that "ended prematurely". Without that tail the file
+    ends where a segment of unknown size may end: anywhere between two clusters.
+    """
+    try:
+        with open(path, "r+b") as file:
+            data = file.read()
+            keep = _complete_length(data)
+            if keep is not None and keep < len(data):
+                file.truncate(keep)
+                logger.info(
+                    "recording %s: torn tail of %d bytes cut",
+                    path.name,
+                    len(data) - keep,
+                )
+    except OSError as exc:
+        logger.warning("recording %s: could not trim (%s)", path.name, exc)
+
+
+def _complete_length(data: bytes) -> int | None:
+    position = 0
+    while position < len(data):
+        element = _element(data, position)
+        if element is None:
+            return position
+        element_id, body, size = element
+        if element_id == SEGMENT and size is None:
+            position = body
+            continue  # walk the segment's children as if they were top level
+        if size is None or body + size > len(data):
+            return position
+        position = body + size
+    return position
+
+
+def _element(data: bytes, position: int) -> tuple[int, int, int | None] | None:
+    """(id, where its body starts, body size or None when unknown) or None if torn."""
+    element_id, position = _vint(data, position, keep_marker=True)
+    if element_id is None:
+        return None
+    size, body = _vint(data, position, keep_marker=False)
+    if size is None:
+        return None
+    length = body - position
+    unknown = size == (1 << (7 * length)) - 1
+    return element_id, body, None if unknown else size
+
+
+def _vint(data: bytes, position: int, keep_marker: bool) -> tuple[int | None, int]:
+    # EBML variable-length integers: the count of leading zero bits gives the length.
+    if position >= len(data) or data[position] == 0:
+        return None, position
+    first = data[position]
+    length = 8 - first.bit_length() + 1
+    if position + length > len(data):
+        return None, position
+    value = first if keep_marker else first & ((1 << (8 - length)) - 1)
+    for byte in data[position + 1 : position + length]:
+        value = (value << 8) | byte
+    return value, position + length
 
 
 def _remove(path: Path) -> None:

@@ -176,6 +176,10 @@ class Recording:
         if writer is None:
             return Finished(None, 0.0, 0, {"audio": 0, "video": 0})
         await self._loop.run_in_executor(None, writer.finish)
+        if writer.failure and self.error is None:
+            # The writer failed on its last packets or on closing: say so, so that
+            # the performance is not listed as one that got no media.
+            self.state, self.error = "failed", writer.failure
         finished = await self._loop.run_in_executor(None, finish, self.live_path)
         logger.info(
             "recording %s closed: %.1f s, %s bytes, frames %s",

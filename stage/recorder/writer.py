@@ -45,6 +45,7 @@ class Writer:
         self._on_error = on_error
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._failed = False
+        self.failure: str | None = None  # what stopped it, said for a person
         self._thread = threading.Thread(target=self._run, name=f"recorder-{path.stem}")
         self._thread.start()
 
@@ -122,6 +123,7 @@ class Writer:
             return
         self._failed = True
         reason = describe_failure(exc)
+        self.failure = reason
         logger.warning("recording %s failed: %s (%r)", self.path.name, reason, exc)
         self._on_error(reason)
 

@@ -4,6 +4,7 @@
 
 import { requestJson } from './api.js';
 import { byId, savedPerformer, show } from './page.js';
+import { recordingActions, refreshClips } from './dashboard-clips.js';
 
 const RELOAD_DELAY_MS = 1000;
 
@@ -44,6 +45,7 @@ async function load() {
     showStage(stage);
     render(performances);
     show(body, true);
+    refreshClips(stageId, reloadPerformances);
     listen();
   } catch (err) {
     if (err.status === 401) {
@@ -130,6 +132,7 @@ async function reloadPerformances() {
   try {
     const { performances } = await requestJson(`${base}/performances`);
     render(performances);
+    refreshClips(stageId, reloadPerformances);
   } catch (err) {
     if (err.status === 401) {
       askForKey();
@@ -184,13 +187,16 @@ function cell(content, className) {
 }
 
 function recordingCell(recording) {
-  if (recording?.state === 'ready' && recording.url) {
+  if (['ready', 'truncated'].includes(recording?.state) && recording.url) {
     const link = document.createElement('a');
     link.className = 'download';
     link.href = recording.url;
     link.download = '';
     link.textContent = 'Download';
-    return link;
+    const actions = document.createElement('span');
+    actions.append(link, ...recordingActions(stageId, recording,
+      reloadPerformances));
+    return actions;
   }
   const texts = {
     recording: 'Recording in progress',
@@ -198,6 +204,7 @@ function recordingCell(recording) {
     ready: 'Ready',
     failed: 'Failed',
     empty: 'No media',
+    deleted: 'Deleted',
   };
   const span = document.createElement('span');
   span.className = 'recording-state';
