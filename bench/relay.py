@@ -12,8 +12,8 @@ for both servers; the publisher is connected only while its server is measured, 
 this process encodes one stream at a time. Viewers run in their own processes
 (`bench/viewers.py`, --per-process each) and count frames and RTP packets without
 decoding. CPU is user+sys of the server process over a fixed window, as % of
-one core; "waiting" is the time it was ready to run but had no core (on a shared
-machine, a low CPU figure with much waiting means starved, not idle). Rounds
+one core; "waiting" is the time its threads were ready to run but had no core (on a
+shared machine, a low CPU figure with much waiting means starved, not idle). Rounds
 alternate over servers and viewer counts, and medians are printed.
 
 Per viewer = (CPU with N viewers - CPU with the publisher alone) / N, each server
