@@ -270,6 +270,14 @@ class CountingViewer:
         await wait_connected(self.pc)
         return self
 
+    def packets(self) -> int:
+        """RTP packets received so far on every track, retransmissions included."""
+        total = 0
+        for transceiver in self.pc.getTransceivers():
+            streams = transceiver.receiver._RTCRtpReceiver__remote_streams
+            total += sum(s.packets_received for s in streams.values())
+        return total
+
     async def next(self) -> dict:
         async with aiohttp.ClientSession() as http:
             async with http.post(f"{self.base}{self.location}/next") as r:

@@ -53,6 +53,7 @@ class StageHub:
         self.ended = False
         self.last_frame_at = time.monotonic()
         publisher.deliver = self._on_frame
+        publisher.want_keyframe = self.want_keyframe
 
     @property
     def watching(self) -> int:
@@ -66,7 +67,9 @@ class StageHub:
         """Take frames from a new publisher from now on; returns the old one."""
         old, self.publisher = self.publisher, publisher
         old.deliver = None
+        old.want_keyframe = None
         publisher.deliver = self._on_frame
+        publisher.want_keyframe = self.want_keyframe
         self._picture = []
         self.last_frame_at = time.monotonic()
         self.want_keyframe()
@@ -133,6 +136,7 @@ class StageHub:
     def end(self) -> None:
         self.ended = True
         self.publisher.deliver = None
+        self.publisher.want_keyframe = None
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None

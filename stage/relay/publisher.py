@@ -12,6 +12,7 @@ import asyncio
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Callable
 
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
@@ -21,10 +22,15 @@ from ..errors import BadRequest
 from .frames import CLOCK_RATES, MediaFrame, describe_video
 from .ice import reachable_candidates
 from .negotiation import ACCEPTED, narrow_codecs, parse_offer, peer_connection
+from .watchdog import StallWatchdog
 
 logger = logging.getLogger(__name__)
 
 NTP_EPOCH_OFFSET = 2208988800  # seconds from 1900 (NTP) to 1970 (Unix)
+# After video frames were lost for good, later frames are held back until a keyframe,
+# since they would decode to a smeared picture. A publisher that ignores keyframe
+# requests is forwarded again after this long: a damaged picture beats none.
+HOLD_LIMIT = 3.0
 
 
 class FrameTap:
@@ -65,6 +71,9 @@ class PublishedTrack:
         self.clock_rate = CLOCK_RATES[kind]
         self.size: tuple[int, int] | None = None
         self.last_timestamp = 0
+        self.watchdog: StallWatchdog | None = None
+        # Since when frames are held back waiting for a keyframe (None: not waiting).
+        self.held_since: float | None = None
         # (sender time in seconds since 1970, RTP timestamp counted like frame timestamps)
         self.sender_report: tuple[float, int] | None = None
 
@@ -100,6 +109,8 @@ class Publisher:
         self.said_goodbye = False  # ended by its owner (WHIP DELETE), not dropped
         # Where frames go once the stage hub takes this publisher on.
         self.deliver: Callable[[MediaFrame], None] | None = None
+        # Who asks for keyframes (coalesced, retried) once a hub has this publisher.
+        self.want_keyframe: Callable[[], None] | None = None
         self._keyframe_task: asyncio.Task | None = None
 
         pc.on("connectionstatechange", self._on_state)
@@ -153,9 +164,15 @@ class Publisher:
             track.last_timestamp = jitter_frame.timestamp
             keyframe, size = True, None
             if kind == "video":
+                track.watchdog.frame_released()
                 keyframe, size = describe_video(track.codec, jitter_frame.data)
                 if size:
                     track.size = size
+                if track.held_since is not None:
+                    held = time.monotonic() - track.held_since
+                    if not keyframe and held < HOLD_LIMIT:
+                        return
+                    track.held_since = None
             if self.deliver is not None:
                 self.deliver(
                     MediaFrame(
@@ -169,6 +186,11 @@ class Publisher:
                     )
                 )
 
+        if kind == "video":
+            track.watchdog = StallWatchdog(
+                f"publisher {self.id}", receiver, lambda: self._picture_lost(track)
+            )
+
         # The receiver's decoder thread has not started yet (that happens once the
         # connection is up), so its queue can still be swapped.
         receiver._RTCRtpReceiver__decoder_queue = FrameTap(on_frame)
@@ -181,6 +203,13 @@ class Publisher:
             await handle_rtcp(packet)
 
         receiver._handle_rtcp_packet = on_rtcp
+
+    def _picture_lost(self, track: PublishedTrack) -> None:
+        track.held_since = time.monotonic()
+        if self.want_keyframe is not None:
+            self.want_keyframe()
+        else:
+            self.request_keyframe()
 
     @property
     def video_codec(self) -> str | None:
@@ -202,11 +231,23 @@ class Publisher:
         logger.debug("publisher %s: connection %s", self.id, state)
         if state == "connected":
             self.connected.set()
+            self._watch(True)
         elif state in ("failed", "closed"):
             self.gone.set()
+            self._watch(False)
             if state == "failed":
                 await self.pc.close()
 
+    def _watch(self, on: bool) -> None:
+        for track in self.tracks.values():
+            if track.watchdog is None:
+                continue
+            if on:
+                track.watchdog.start()
+            else:
+                track.watchdog.stop()
+
     async def close(self) -> None:
         self.gone.set()
+        self._watch(False)
         await self.pc.close()
