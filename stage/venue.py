@@ -48,11 +48,13 @@ class Venue:
         data: Path,
         ice_servers: tuple[str, ...],
         max_viewers: int,
+        max_stages: int = 100,
     ) -> None:
         self.store = store
         self.data = data
         self.ice_servers = ice_servers
         self.max_viewers = max_viewers
+        self.max_stages = max_stages
         self.bulletin = Bulletin()
         self.hubs: dict[str, StageHub] = {}
         self.performances: dict[str, Performance] = {}  # by stage id
@@ -63,6 +65,15 @@ class Venue:
     # publishing
 
     async def publish(self, stage: StageRecord, offer: str) -> Publisher:
+        # A stage that is live or connecting may always publish again (it replaces
+        # itself); only new stages count against the cap.
+        busy = set(self.hubs) | {p.stage_id for p in self.publishers.values()}
+        if stage.id not in busy and len(busy) >= self.max_stages:
+            raise Full(
+                "Stage has as many performers as it can carry right now. "
+                "Try again in a moment.",
+                retry_after=RETRY_AFTER * 5,
+            )
         publisher, answer = await Publisher.from_offer(
             stage.id, offer, self.ice_servers
         )

@@ -98,6 +98,25 @@ def peer_connection(ice_servers: tuple[str, ...]) -> RTCPeerConnection:
     return RTCPeerConnection(RTCConfiguration(iceServers=servers))
 
 
+def take_dtls_server_role(pc: RTCPeerConnection) -> None:
+    """Answer an `actpass` offer with `a=setup:passive`: the peer starts DTLS.
+
+    Called between setRemoteDescription and createAnswer. aiortc answers `actpass` with
+    `active`: the transport's role stays "auto" while the offer is applied, and
+    createAnswer turns "auto" into the client role. As DTLS client aiortc offers only
+    ECDSA cipher suites, so a publisher whose certificate is RSA (GStreamer's webrtcbin)
+    fails the handshake; as DTLS server it accepts it. An `active` offer already made
+    the transport a server; a `passive` one (ffmpeg's) also leaves it "auto" and must
+    get `active`, so the offer itself is read (aiortc 1.16, pinned).
+    """
+    offer = aiortc_sdp.SessionDescription.parse(pc.remoteDescription.sdp)
+    actpass = {m.rtp.muxId for m in offer.media if m.dtls and m.dtls.role == "auto"}
+    for transceiver in pc.getTransceivers():
+        transport = transceiver.receiver.transport
+        if transceiver.mid in actpass and transport._role == "auto":
+            transport._set_role("server")
+
+
 def narrow_codecs(transceiver: RTCRtpTransceiver, names: tuple[str, ...]) -> str | None:
     """Keep only the first offered codec among `names` (and its RTX) on a transceiver.
 

@@ -20,7 +20,13 @@ from aiortc.rtp import RtcpSrPacket
 from ..errors import BadRequest
 from .frames import CLOCK_RATES, MediaFrame, describe_video
 from .ice import reachable_candidates
-from .negotiation import ACCEPTED, narrow_codecs, parse_offer, peer_connection
+from .negotiation import (
+    ACCEPTED,
+    narrow_codecs,
+    parse_offer,
+    peer_connection,
+    take_dtls_server_role,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +146,7 @@ class Publisher:
         if not self.tracks:
             raise BadRequest("The offer sends no audio or video Stage can use.")
 
+        take_dtls_server_role(self.pc)
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
         return self.pc.localDescription.sdp

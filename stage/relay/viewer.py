@@ -22,7 +22,13 @@ from aiortc.mediastreams import MediaStreamError
 from ..errors import BadRequest
 from .frames import CLOCK_RATES, MediaFrame
 from .ice import reachable_candidates
-from .negotiation import ACCEPTED, narrow_codecs, parse_offer, peer_connection
+from .negotiation import (
+    ACCEPTED,
+    narrow_codecs,
+    parse_offer,
+    peer_connection,
+    take_dtls_server_role,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -183,6 +189,7 @@ class Viewer:
                 "The offer can receive neither Opus audio nor VP8/H.264 video."
             )
 
+        take_dtls_server_role(self.pc)
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
         return self.pc.localDescription.sdp
