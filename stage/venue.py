@@ -19,6 +19,7 @@ from .recorder.files import LIVE_SUFFIX, finish
 from .recorder.recording import Recording
 from .relay import roulette
 from .relay.hub import StageHub
+from .relay.negotiation import h264_fits
 from .relay.publisher import Publisher
 from .relay.viewer import Viewer
 from .store import StageRecord, Store
@@ -30,6 +31,9 @@ CONNECT_TIMEOUT = 30.0
 # A live publisher that sends nothing for this long is taken to be gone: ICE consent
 # would only notice after about 30 s, leaving viewers on a frozen picture meanwhile.
 SILENCE_TIMEOUT = 5.0
+# How long a viewer arriving right as an H.264 stage goes live waits for its first SPS,
+# which says the profile its answer must name (B32).
+SPS_WAIT = 3.0
 RETRY_AFTER = 3
 
 
@@ -309,8 +313,13 @@ class Venue:
             hub = roulette.choose(list(self.hubs.values()))
             if hub is None:
                 raise Conflict("Nobody is on stage right now.", retry_after=RETRY_AFTER)
+        await hub.publisher.h264_described(SPS_WAIT)
         viewer, answer = await Viewer.from_offer(
-            visitor, offer, self.ice_servers, hub.video_codec
+            visitor,
+            offer,
+            self.ice_servers,
+            hub.video_codec,
+            h264_profile_level_id=hub.h264_profile_level_id,
         )
         viewer.answer = answer
         self.viewers[viewer.id] = viewer
@@ -360,11 +369,18 @@ class Venue:
         logger.info("viewer %s: left after %.1f s", viewer.id, watched)
 
     def _fits(self, viewer: Viewer, hub: StageHub) -> bool:
-        # A viewer's video sender speaks the one codec it negotiated.
+        # A viewer's video sender speaks the one codec it negotiated; for H.264 also
+        # the one profile (B32).
         return (
             hub.video_codec is None
             or "video" not in viewer.tracks
-            or (hub.video_codec == viewer.video_codec)
+            or (
+                hub.video_codec == viewer.video_codec
+                and (
+                    hub.video_codec != "H264"
+                    or h264_fits(hub.h264_profile_level_id, viewer.h264_profile)
+                )
+            )
         )
 
     def _choose(self, viewer: Viewer, exclude: str | None = None) -> StageHub | None:
