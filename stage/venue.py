@@ -169,6 +169,18 @@ class Venue:
         if hub is not None and hub.publisher is publisher:
             await self.end_stage(hub)
 
+    async def end_publishers(self, stage_id: str) -> int:
+        """End every publisher of a stage, live or still connecting (a rotated key)."""
+        ended = [p for p in self.publishers.values() if p.stage_id == stage_id]
+        hub = self.hubs.get(stage_id)
+        if hub is not None and hub.publisher not in ended:
+            ended.append(hub.publisher)
+        for publisher in ended:
+            await publisher.close()
+        if hub is not None:
+            await self.end_stage(hub)
+        return len(ended)
+
     async def end_stage(self, hub: StageHub) -> None:
         if self.hubs.get(hub.stage_id) is not hub:
             return
