@@ -32,6 +32,7 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/api/stages/{id}", show_stage)
     router.add_get("/api/stages/{id}/events", stage_events)
     router.add_post("/api/stages/{id}/session", open_session)
+    router.add_post("/api/stages/{id}/key", rotate_key)
     router.add_get("/api/stages/{id}/performances", list_performances)
     router.add_get("/api/performances/{id}/recording", download_recording)
 
@@ -152,6 +153,20 @@ async def open_session(request: web.Request) -> web.Response:
     if not isinstance(key, str) or not store.key_matches(stage, key.strip()):
         raise Unauthorized("The stage key is wrong.")
     response = web.Response(status=204)
+    _open_owner_session(request, response, stage)
+    return response
+
+
+async def rotate_key(request: web.Request) -> web.Response:
+    """A new key, shown once. Whoever published with the old one is taken off air."""
+    store = request.app[STORE]
+    stage = find_stage(store, request.match_info["id"])
+    require_owner(request, store, stage)
+    stage, key = store.rotate_key(stage)
+    ended = await request.app[VENUE].end_publishers(stage.id)
+    logger.info("stage %s: key rotated, %d publishers ended", stage.id, ended)
+    response = web.json_response({"key": key})
+    # Sessions are bound to the key: give the owner who asked a new one.
     _open_owner_session(request, response, stage)
     return response
 

@@ -21,6 +21,8 @@ class Settings:
     view_seconds: float = 3.0
     # Most viewers one server carries at once; past it, new viewers get 503.
     max_viewers: int = 500
+    # Most stages one server carries live at once; past it, new publishers get 503.
+    max_stages: int = 100
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -30,6 +32,8 @@ class Settings:
             raise ValueError("view seconds cannot be negative")
         if self.max_viewers < 1:
             raise ValueError("the viewer cap must be at least 1")
+        if self.max_stages < 1:
+            raise ValueError("the stage cap must be at least 1")
         for url in self.ice_servers:
             if not url.startswith(("stun:", "turn:", "turns:")):
                 raise ValueError(
@@ -64,6 +68,9 @@ def from_command_line(argv: list[str] | None = None, env=os.environ) -> Settings
     parser.add_argument(
         "--max-viewers", type=int, default=int(env.get("STAGE_MAX_VIEWERS", "500"))
     )
+    parser.add_argument(
+        "--max-stages", type=int, default=int(env.get("STAGE_MAX_STAGES", "100"))
+    )
     parser.add_argument("--log-level", default=env.get("STAGE_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
     settings = Settings(
@@ -76,6 +83,7 @@ def from_command_line(argv: list[str] | None = None, env=os.environ) -> Settings
         ice_servers=tuple(args.ice_servers or _split(env.get("STAGE_ICE_SERVERS"))),
         view_seconds=args.view_seconds,
         max_viewers=args.max_viewers,
+        max_stages=args.max_stages,
         extra={"log_level": args.log_level.upper()},
     )
     return settings

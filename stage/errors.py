@@ -39,5 +39,11 @@ class UnsupportedMediaType(StageError):
     status = 415
 
 
+class Unprocessable(StageError):
+    """Understood, but not something Stage can do (an ICE restart, for one)."""
+
+    status = 422
+
+
 class Full(StageError):
     status = 503

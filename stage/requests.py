@@ -46,6 +46,19 @@ async def read_sdp(request: web.Request) -> str:
         raise BadRequest("The SDP offer is not valid UTF-8 text.") from None
 
 
+async def read_sdp_fragment(request: web.Request) -> str:
+    """A trickle PATCH body (RFC 8840): candidate lines, maybe ICE credentials."""
+    if request.content_type != "application/trickle-ice-sdpfrag":
+        raise UnsupportedMediaType(
+            "Send candidates with Content-Type: application/trickle-ice-sdpfrag."
+        )
+    body = await _read_limited(request, MAX_OFFER_BYTES)
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("The candidates are not valid UTF-8 text.") from None
+
+
 async def _read_limited(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"The body is too large (at most {limit // 1024} KiB).")

@@ -77,7 +77,13 @@ async def venue_lifetime(app: web.Application):
     settings.data.mkdir(parents=True, exist_ok=True)
     gather_on(settings.ice_addresses)
     store = Store(settings.database, settings.view_seconds)
-    venue = Venue(store, settings.data, settings.ice_servers, settings.max_viewers)
+    venue = Venue(
+        store,
+        settings.data,
+        settings.ice_servers,
+        settings.max_viewers,
+        max_stages=settings.max_stages,
+    )
     await venue.recover()
     app[STORE] = store
     app[VENUE] = venue

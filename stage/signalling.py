@@ -5,19 +5,29 @@ from __future__ import annotations
 import logging
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from .api import send_events
-from .appkeys import STORE, VENUE
+from .appkeys import SETTINGS, STORE, VENUE
+from .errors import NotFound
+from .relay import ice
 from .relay.negotiation import parse_offer
-from .requests import find_stage, read_sdp, remember_visitor, require_key, visitor_id
+from .requests import (
+    find_stage,
+    read_sdp,
+    read_sdp_fragment,
+    remember_visitor,
+    require_key,
+    visitor_id,
+)
 
 logger = logging.getLogger(__name__)
 
 CORS = {
     "Access-Control-Allow-Origin": "*",
-    "Access-Control-Allow-Methods": "OPTIONS, POST, DELETE",
-    "Access-Control-Allow-Headers": "Authorization, Content-Type",
-    "Access-Control-Expose-Headers": "Location",
+    "Access-Control-Allow-Methods": "OPTIONS, POST, PATCH, DELETE",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
+    "Access-Control-Expose-Headers": "Location, Link",
     "Accept-Post": "application/sdp",
 }
 
@@ -26,7 +36,8 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_post("/whip/{id}", publish)
     router.add_route("OPTIONS", "/whip/{id}", options)
     router.add_delete("/whip/{id}/publishers/{publisher}", unpublish)
-    router.add_route("PATCH", "/whip/{id}/publishers/{publisher}", trickle)
+    router.add_route("PATCH", "/whip/{id}/publishers/{publisher}", trickle_publisher)
+    router.add_route("OPTIONS", "/whip/{id}/publishers/{publisher}", options)
     router.add_post("/whep", watch)
     router.add_route("OPTIONS", "/whep", options)
     router.add_post("/whep/{id}", watch)
@@ -35,30 +46,57 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/whep/viewers/{viewer}/events", viewer_events)
     router.add_post("/whep/viewers/{viewer}/next", next_stage)
     router.add_delete("/whep/viewers/{viewer}", leave)
-    router.add_route("PATCH", "/whep/viewers/{viewer}", trickle)
+    router.add_route("PATCH", "/whep/viewers/{viewer}", trickle_viewer)
+    router.add_route("OPTIONS", "/whep/viewers/{viewer}", options)
 
 
 async def options(request: web.Request) -> web.Response:
-    return web.Response(status=204, headers=CORS)
+    headers = CIMultiDict(CORS)
+    add_ice_servers(request, headers)
+    return web.Response(status=204, headers=headers)
 
 
-def sdp_answer(sdp: str, location: str) -> web.Response:
-    return web.Response(
-        status=201,
-        text=sdp,
-        content_type="application/sdp",
-        headers={
+def add_ice_servers(request: web.Request, headers: CIMultiDict) -> None:
+    # RFC 9725 section 4.6: one Link header per configured STUN/TURN server.
+    for url in request.app[SETTINGS].ice_servers:
+        headers.add("Link", f'<{url}>; rel="ice-server"')
+
+
+def sdp_answer(request: web.Request, sdp: str, location: str) -> web.Response:
+    headers = CIMultiDict(
+        {
             "Location": location,
             "Access-Control-Allow-Origin": "*",
-            "Access-Control-Expose-Headers": "Location",
-        },
+            "Access-Control-Expose-Headers": "Location, Link",
+        }
+    )
+    add_ice_servers(request, headers)
+    return web.Response(
+        status=201, text=sdp, content_type="application/sdp", headers=headers
     )
 
 
-async def trickle(request: web.Request) -> web.Response:
-    # The answer already carries every server candidate and aiortc takes no remote
-    # candidates after the offer, so trickled ones have nowhere to go.
-    raise web.HTTPMethodNotAllowed(request.method, ["DELETE"])
+async def trickle_publisher(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    stage = find_stage(store, request.match_info["id"])
+    require_key(request, store, stage)
+    publisher = request.app[VENUE].publishers.get(request.match_info["publisher"])
+    if publisher is None or publisher.stage_id != stage.id:
+        raise NotFound("This publishing session does not exist or has already ended.")
+    return await trickle(request, publisher.pc, f"publisher {publisher.id}")
+
+
+async def trickle_viewer(request: web.Request) -> web.Response:
+    viewer = request.app[VENUE].viewer(request.match_info["viewer"])
+    return await trickle(request, viewer.pc, f"viewer {viewer.id}")
+
+
+async def trickle(request: web.Request, pc, who: str) -> web.Response:
+    """Trickled candidates (RFC 9725 section 4.3): added to the connection, 204."""
+    fragment = await read_sdp_fragment(request)
+    added = await ice.trickle(pc, fragment)
+    logger.debug("%s: %d trickled candidates added", who, added)
+    return web.Response(status=204, headers={"Access-Control-Allow-Origin": "*"})
 
 
 # publishing
@@ -70,7 +108,9 @@ async def publish(request: web.Request) -> web.Response:
     require_key(request, store, stage)
     offer = await read_sdp(request)
     publisher = await request.app[VENUE].publish(stage, offer)
-    return sdp_answer(publisher.answer, f"/whip/{stage.id}/publishers/{publisher.id}")
+    return sdp_answer(
+        request, publisher.answer, f"/whip/{stage.id}/publishers/{publisher.id}"
+    )
 
 
 async def unpublish(request: web.Request) -> web.Response:
@@ -93,7 +133,7 @@ async def watch(request: web.Request) -> web.Response:
     parse_offer(offer, sending=False)
     visitor, new = visitor_id(request)
     viewer = await request.app[VENUE].watch(visitor, offer, stage_id)
-    response = sdp_answer(viewer.answer, f"/whep/viewers/{viewer.id}")
+    response = sdp_answer(request, viewer.answer, f"/whep/viewers/{viewer.id}")
     if new:
         remember_visitor(response, visitor)
     return response

@@ -153,6 +153,15 @@ class Store:
         ).fetchone()
         return StageRecord(**row) if row else None
 
+    def rotate_key(self, stage: StageRecord) -> tuple[StageRecord, str]:
+        """A new key for the stage; the old one, and every session, stop working."""
+        key = secrets.token_urlsafe(32)
+        rotated = StageRecord(stage.id, stage.name, hash_key(key))
+        self._db.execute(
+            "UPDATE stages SET key_hash=? WHERE id=?", (rotated.key_hash, stage.id)
+        )
+        return rotated, key
+
     def key_matches(self, stage: StageRecord, key: str | None) -> bool:
         if not key:
             return False

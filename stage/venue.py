@@ -19,6 +19,7 @@ from .recorder.files import LIVE_SUFFIX, finish
 from .recorder.recording import Recording
 from .relay import roulette
 from .relay.hub import StageHub
+from .relay.negotiation import h264_fits
 from .relay.publisher import Publisher
 from .relay.viewer import Viewer
 from .store import StageRecord, Store
@@ -35,6 +36,9 @@ RECONNECT_GRACE = 5.0
 # A viewer that sends no RTCP for this long is taken to be gone (rather than waiting
 # some 30 s for ICE consent to expire).
 VIEWER_SILENCE_TIMEOUT = 6.0
+# How long a viewer arriving right as an H.264 stage goes live waits for its first SPS,
+# which says the profile its answer must name (B32).
+SPS_WAIT = 3.0
 RETRY_AFTER = 3
 
 
@@ -53,11 +57,13 @@ class Venue:
         data: Path,
         ice_servers: tuple[str, ...],
         max_viewers: int,
+        max_stages: int = 100,
     ) -> None:
         self.store = store
         self.data = data
         self.ice_servers = ice_servers
         self.max_viewers = max_viewers
+        self.max_stages = max_stages
         self.bulletin = Bulletin()
         self.hubs: dict[str, StageHub] = {}
         self.performances: dict[str, Performance] = {}  # by stage id
@@ -68,6 +74,15 @@ class Venue:
     # publishing
 
     async def publish(self, stage: StageRecord, offer: str) -> Publisher:
+        # A stage that is live or connecting may always publish again (it replaces
+        # itself); only new stages count against the cap.
+        busy = set(self.hubs) | {p.stage_id for p in self.publishers.values()}
+        if stage.id not in busy and len(busy) >= self.max_stages:
+            raise Full(
+                "Stage has as many performers as it can carry right now. "
+                "Try again in a moment.",
+                retry_after=RETRY_AFTER * 5,
+            )
         publisher, answer = await Publisher.from_offer(
             stage.id, offer, self.ice_servers
         )
@@ -175,6 +190,18 @@ class Venue:
         hub = self.hubs.get(stage_id)
         if hub is not None and hub.publisher is publisher:
             await self.end_stage(hub)
+
+    async def end_publishers(self, stage_id: str) -> int:
+        """End every publisher of a stage, live or still connecting (a rotated key)."""
+        ended = [p for p in self.publishers.values() if p.stage_id == stage_id]
+        hub = self.hubs.get(stage_id)
+        if hub is not None and hub.publisher not in ended:
+            ended.append(hub.publisher)
+        for publisher in ended:
+            await publisher.close()
+        if hub is not None:
+            await self.end_stage(hub)
+        return len(ended)
 
     async def end_stage(self, hub: StageHub) -> None:
         if self.hubs.get(hub.stage_id) is not hub:
@@ -323,8 +350,13 @@ class Venue:
             hub = roulette.choose(list(self.hubs.values()))
             if hub is None:
                 raise Conflict("Nobody is on stage right now.", retry_after=RETRY_AFTER)
+        await hub.publisher.h264_described(SPS_WAIT)
         viewer, answer = await Viewer.from_offer(
-            visitor, offer, self.ice_servers, hub.video_codec
+            visitor,
+            offer,
+            self.ice_servers,
+            hub.video_codec,
+            h264_profile_level_id=hub.h264_profile_level_id,
         )
         viewer.answer = answer
         self.viewers[viewer.id] = viewer
@@ -384,11 +416,18 @@ class Venue:
         logger.info("viewer %s: left after %.1f s", viewer.id, watched)
 
     def _fits(self, viewer: Viewer, hub: StageHub) -> bool:
-        # A viewer's video sender speaks the one codec it negotiated.
+        # A viewer's video sender speaks the one codec it negotiated; for H.264 also
+        # the one profile (B32).
         return (
             hub.video_codec is None
             or "video" not in viewer.tracks
-            or (hub.video_codec == viewer.video_codec)
+            or (
+                hub.video_codec == viewer.video_codec
+                and (
+                    hub.video_codec != "H264"
+                    or h264_fits(hub.h264_profile_level_id, viewer.h264_profile)
+                )
+            )
         )
 
     def _choose(self, viewer: Viewer, exclude: str | None = None) -> StageHub | None:

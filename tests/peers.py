@@ -17,6 +17,7 @@ from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
     RTCPeerConnection,
+    RTCRtpReceiver,
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamError
@@ -148,12 +149,22 @@ class Viewer:
         self.cookies = aiohttp.CookieJar(unsafe=True)
 
     async def start(
-        self, stage_id: str | None = None, audio=True, video=True
+        self, stage_id: str | None = None, audio=True, video=True, video_codec=None
     ) -> Viewer:
+        """Watch; `video_codec` ("VP8" or "H264") offers only that video codec."""
         if audio:
             self.pc.addTransceiver("audio", direction="recvonly")
         if video:
-            self.pc.addTransceiver("video", direction="recvonly")
+            transceiver = self.pc.addTransceiver("video", direction="recvonly")
+            if video_codec:
+                codecs = RTCRtpReceiver.getCapabilities("video").codecs
+                transceiver.setCodecPreferences(
+                    [
+                        c
+                        for c in codecs
+                        if c.mimeType in (f"video/{video_codec}", "video/rtx")
+                    ]
+                )
         self.pc.on("track", self._on_track)
         await self.pc.setLocalDescription(await self.pc.createOffer())
         url = f"{self.base}/whep" + (f"/{stage_id}" if stage_id else "")

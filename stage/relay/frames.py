@@ -72,3 +72,17 @@ def h264_keyframe(data: bytes) -> bool:
             return True
         position = data.find(b"\x00\x00\x01", position + 3)
     return False
+
+
+def h264_profile_level_id(data: bytes) -> str | None:
+    """The RFC 6184 profile-level-id (hex) of the first SPS in an Annex-B frame.
+
+    An SPS starts, after its one-byte NAL header, with profile_idc, the constraint
+    flags and level_idc (H.264 section 7.3.2.1.1): exactly the three bytes SDP names.
+    """
+    position = data.find(b"\x00\x00\x01")
+    while position != -1 and position + 7 <= len(data):
+        if data[position + 3] & 0x1F == 7:
+            return data[position + 4 : position + 7].hex()
+        position = data.find(b"\x00\x00\x01", position + 3)
+    return None

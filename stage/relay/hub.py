@@ -63,6 +63,10 @@ class StageHub:
     def video_codec(self) -> str | None:
         return self.publisher.video_codec
 
+    @property
+    def h264_profile_level_id(self) -> str | None:
+        return self.publisher.h264_profile_level_id
+
     def replace_publisher(self, publisher: Publisher) -> Publisher:
         """Take frames from a new publisher from now on; returns the old one."""
         old, self.publisher = self.publisher, publisher

@@ -11,6 +11,10 @@ from __future__ import annotations
 import logging
 
 from aioice import ice
+from aiortc import RTCPeerConnection
+from aiortc.sdp import candidate_from_sdp
+
+from ..errors import BadRequest, Unprocessable
 
 logger = logging.getLogger(__name__)
 
@@ -35,22 +39,119 @@ def gather_on(addresses: tuple[str, ...]) -> None:
     logger.info("ICE gathers on %s", ", ".join(addresses))
 
 
-def reachable_candidates(sdp: str) -> str:
-    """Drop remote candidates the server must not or cannot try.
+def reachable(address: str) -> bool:
+    """Whether the server may send connectivity checks to a peer's `address`.
 
     mDNS names (`.local`) would need a multicast lookup, and a server that gathers only
     on loopback has no business sending checks to a peer's other addresses (browsers
     offer every interface they have).
     """
+    if address.endswith(".local"):
+        return False
     only_loopback = bool(_chosen) and all(a.startswith(_LOOPBACK) for a in _chosen)
+    return not only_loopback or address.startswith(_LOOPBACK)
+
+
+def reachable_candidates(sdp: str) -> str:
+    """Drop the remote candidates the server must not or cannot try (see `reachable`)."""
     kept = []
     for line in sdp.splitlines():
         if line.startswith("a=candidate:"):
             fields = line.split()
-            address = fields[4] if len(fields) > 4 else ""
-            if address.endswith(".local"):
-                continue
-            if only_loopback and not address.startswith(_LOOPBACK):
+            if not reachable(fields[4] if len(fields) > 4 else ""):
                 continue
         kept.append(line)
     return "\r\n".join(kept) + "\r\n"
+
+
+# Trickle ICE over HTTP PATCH (RFC 9725 section 4.3, RFC 8840 sdpfrag bodies)
+
+
+class Fragment:
+    """What a trickle-ice-sdpfrag body says: credentials, candidates, their end."""
+
+    def __init__(self) -> None:
+        self.ufrag: str | None = None
+        self.pwd: str | None = None
+        # (the a=mid of the section it was in, the value after "a=candidate:")
+        self.candidates: list[tuple[str | None, str]] = []
+        self.ended = False
+
+
+def parse_fragment(text: str) -> Fragment:
+    fragment = Fragment()
+    mid = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("m="):
+            mid = None
+        elif line.startswith("a=mid:"):
+            mid = line[len("a=mid:") :]
+        elif line.startswith("a=ice-ufrag:"):
+            fragment.ufrag = line[len("a=ice-ufrag:") :]
+        elif line.startswith("a=ice-pwd:"):
+            fragment.pwd = line[len("a=ice-pwd:") :]
+        elif line.startswith("a=candidate:"):
+            fragment.candidates.append((mid, line[len("a=candidate:") :]))
+        elif line == "a=end-of-candidates":
+            fragment.ended = True
+    return fragment
+
+
+async def trickle(pc: RTCPeerConnection, text: str) -> int:
+    """Apply a PATCH body's candidates to `pc`; returns how many were added.
+
+    New credentials ask for an ICE restart, which aiortc cannot do (RELAY-NOTES.md):
+    that is refused with Unprocessable, and the connection carries on untouched.
+    """
+    fragment = parse_fragment(text)
+    remote = pc.remoteDescription
+    if remote is None:
+        raise Unprocessable("This connection has no offer yet to add candidates to.")
+    ufrag, pwd = _remote_credentials(remote.sdp)
+    if (fragment.ufrag not in (None, ufrag)) or (fragment.pwd not in (None, pwd)):
+        raise Unprocessable(
+            "ICE restarts are not supported: end this connection and start again "
+            "with a new offer."
+        )
+
+    # aiortc gives a candidate to the transport of the transceiver its mid names; under
+    # BUNDLE that is the one shared transport. A candidate without a known mid goes to
+    # the first transceiver's (the bundle's, in every offer WHIP clients make).
+    mids = [t.mid for t in pc.getTransceivers() if t.mid is not None]
+    if not mids:
+        raise Unprocessable("This connection has no media to add candidates to.")
+    added = 0
+    for mid, value in fragment.candidates:
+        candidate = _read_candidate(value)
+        if not reachable(candidate.ip):
+            continue
+        candidate.sdpMid = mid if mid in mids else mids[0]
+        await pc.addIceCandidate(candidate)
+        added += 1
+    if fragment.ended:
+        await pc.addIceCandidate(None)
+    return added
+
+
+def _read_candidate(value: str):
+    # foundation component transport priority address port "typ" type [extensions]
+    fields = value.split()
+    try:
+        if len(fields) < 8 or fields[6] != "typ":
+            raise ValueError(value)
+        return candidate_from_sdp(value)
+    except ValueError:
+        raise BadRequest(
+            "A candidate line in the PATCH body could not be read."
+        ) from None
+
+
+def _remote_credentials(sdp: str) -> tuple[str | None, str | None]:
+    ufrag = pwd = None
+    for line in sdp.splitlines():
+        if line.startswith("a=ice-ufrag:") and ufrag is None:
+            ufrag = line[len("a=ice-ufrag:") :]
+        elif line.startswith("a=ice-pwd:") and pwd is None:
+            pwd = line[len("a=ice-pwd:") :]
+    return ufrag, pwd

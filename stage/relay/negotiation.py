@@ -11,6 +11,7 @@ import re
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpTransceiver
 from aiortc import sdp as aiortc_sdp
+from aiortc.sdp import H264Profile
 
 from ..errors import BadRequest
 
@@ -98,17 +99,98 @@ def peer_connection(ice_servers: tuple[str, ...]) -> RTCPeerConnection:
     return RTCPeerConnection(RTCConfiguration(iceServers=servers))
 
 
-def narrow_codecs(transceiver: RTCRtpTransceiver, names: tuple[str, ...]) -> str | None:
+def take_dtls_server_role(pc: RTCPeerConnection) -> None:
+    """Answer an `actpass` offer with `a=setup:passive`: the peer starts DTLS.
+
+    Called between setRemoteDescription and createAnswer. aiortc answers `actpass` with
+    `active`: the transport's role stays "auto" while the offer is applied, and
+    createAnswer turns "auto" into the client role. As DTLS client aiortc offers only
+    ECDSA cipher suites, so a publisher whose certificate is RSA (GStreamer's webrtcbin)
+    fails the handshake; as DTLS server it accepts it. An `active` offer already made
+    the transport a server; a `passive` one (ffmpeg's) also leaves it "auto" and must
+    get `active`, so the offer itself is read (aiortc 1.16, pinned).
+    """
+    offer = aiortc_sdp.SessionDescription.parse(pc.remoteDescription.sdp)
+    actpass = {m.rtp.muxId for m in offer.media if m.dtls and m.dtls.role == "auto"}
+    for transceiver in pc.getTransceivers():
+        transport = transceiver.receiver.transport
+        if transceiver.mid in actpass and transport._role == "auto":
+            transport._set_role("server")
+
+
+def h264_profile(profile_level_id: str | None):
+    """The H.264 profile a profile-level-id names (levels aside), or None."""
+    try:
+        return aiortc_sdp.parse_h264_profile_level_id(profile_level_id)[0]
+    except ValueError:
+        return None
+
+
+def h264_fits(stream_profile_level_id: str | None, viewer_profile) -> bool:
+    """Whether a viewer answered with `viewer_profile` can decode this H.264 stream.
+
+    Constrained Baseline is a subset of Baseline, so it fits a Baseline viewer too.
+    """
+    stream = h264_profile(stream_profile_level_id)
+    if stream is None or viewer_profile is None:
+        return True
+    if stream == viewer_profile:
+        return True
+    return (
+        stream == H264Profile.PROFILE_CONSTRAINED_BASELINE
+        and viewer_profile == H264Profile.PROFILE_BASELINE
+    )
+
+
+def offered_profile_level_id(pc: RTCPeerConnection, transceiver) -> str | None:
+    """The profile-level-id the remote offered for the H.264 codec kept on `transceiver`.
+
+    aiortc answers with its own copy of the codec, whose profile-level-id (42001f or
+    42e01f) names aiortc's encoder, not the stream the peer sends (B32).
+    """
+    kept = [c for c in transceiver._codecs if c.name == "H264"]
+    if not kept:
+        return None
+    offer = aiortc_sdp.SessionDescription.parse(pc.remoteDescription.sdp)
+    for media in offer.media:
+        if media.rtp.muxId != transceiver.mid:
+            continue
+        for codec in media.rtp.codecs:
+            if codec.payloadType == kept[0].payloadType:
+                return codec.parameters.get("profile-level-id")
+    return None
+
+
+def set_profile_level_id(transceiver, profile_level_id: str) -> None:
+    """Answer H.264 with this profile-level-id (the stream that will really flow)."""
+    for codec in transceiver._codecs:
+        if codec.name == "H264":
+            codec.parameters["profile-level-id"] = profile_level_id
+
+
+def narrow_codecs(
+    transceiver: RTCRtpTransceiver,
+    names: tuple[str, ...],
+    h264_profile_level_id: str | None = None,
+) -> str | None:
     """Keep only the first offered codec among `names` (and its RTX) on a transceiver.
 
     Called between setRemoteDescription and createAnswer. aiortc fixes the answered
     codecs while applying the offer and has no public way to prefer one afterwards, so
     this edits the negotiated list it keeps on the transceiver (aiortc 1.16, pinned).
     Returns the chosen codec's name, or None when none of `names` was offered.
+    With `h264_profile_level_id`, only H.264 that can carry that stream is taken.
     """
     codecs = transceiver._codecs
+    wanted_profile = h264_profile(h264_profile_level_id)
     for name in names:
         chosen = [c for c in codecs if c.name.lower() == name.lower()]
+        if name == "H264" and wanted_profile is not None:
+            # The stream's own profile first, else one that can decode it.
+            exact = [c for c in chosen if _profile_of(c) == wanted_profile]
+            chosen = exact or [
+                c for c in chosen if h264_fits(h264_profile_level_id, _profile_of(c))
+            ]
         if chosen:
             keep = chosen[0]
             rtx = [
@@ -120,3 +202,8 @@ def narrow_codecs(transceiver: RTCRtpTransceiver, names: tuple[str, ...]) -> str
             transceiver._codecs = [keep, *rtx]
             return keep.name
     return None
+
+
+def _profile_of(codec):
+    # No profile-level-id means Constrained Baseline level 3.1 (what aiortc assumes).
+    return h264_profile(codec.parameters.get("profile-level-id", "42e01f"))

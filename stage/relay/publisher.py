@@ -19,9 +19,17 @@ from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
 from aiortc.rtp import RtcpSrPacket
 
 from ..errors import BadRequest
-from .frames import CLOCK_RATES, MediaFrame, describe_video
+from .frames import CLOCK_RATES, MediaFrame, describe_video, h264_profile_level_id
 from .ice import reachable_candidates
-from .negotiation import ACCEPTED, narrow_codecs, parse_offer, peer_connection
+from .negotiation import (
+    ACCEPTED,
+    narrow_codecs,
+    offered_profile_level_id,
+    parse_offer,
+    peer_connection,
+    set_profile_level_id,
+    take_dtls_server_role,
+)
 from .watchdog import StallWatchdog
 
 logger = logging.getLogger(__name__)
@@ -74,6 +82,9 @@ class PublishedTrack:
         self.watchdog: StallWatchdog | None = None
         # Since when frames are held back waiting for a keyframe (None: not waiting).
         self.held_since: float | None = None
+        # H.264 only: what the offer said, then what the stream's SPS says (B32).
+        self.profile_level_id: str | None = None
+        self.sps_seen = asyncio.Event()
         # (sender time in seconds since 1970, RTP timestamp counted like frame timestamps)
         self.sender_report: tuple[float, int] | None = None
 
@@ -148,15 +159,22 @@ class Publisher:
                 transceiver.direction = "inactive"
                 continue
             transceiver.direction = "recvonly"
-            self._tap(transceiver.kind, codec, transceiver.receiver)
+            track = self._tap(transceiver.kind, codec, transceiver.receiver)
+            if codec == "H264":
+                # Answer with the profile the publisher said it sends, not aiortc's.
+                offered = offered_profile_level_id(self.pc, transceiver)
+                if offered:
+                    set_profile_level_id(transceiver, offered)
+                    track.profile_level_id = offered
         if not self.tracks:
             raise BadRequest("The offer sends no audio or video Stage can use.")
 
+        take_dtls_server_role(self.pc)
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
         return self.pc.localDescription.sdp
 
-    def _tap(self, kind: str, codec: str, receiver: RTCRtpReceiver) -> None:
+    def _tap(self, kind: str, codec: str, receiver: RTCRtpReceiver) -> PublishedTrack:
         track = PublishedTrack(self, kind, codec, receiver)
         self.tracks[kind] = track
 
@@ -173,6 +191,11 @@ class Publisher:
                     if not keyframe and held < HOLD_LIMIT:
                         return
                     track.held_since = None
+                if keyframe and track.codec == "H264":
+                    sps = h264_profile_level_id(jitter_frame.data)
+                    if sps:
+                        track.profile_level_id = sps
+                        track.sps_seen.set()
             if self.deliver is not None:
                 self.deliver(
                     MediaFrame(
@@ -203,6 +226,7 @@ class Publisher:
             await handle_rtcp(packet)
 
         receiver._handle_rtcp_packet = on_rtcp
+        return track
 
     def _picture_lost(self, track: PublishedTrack) -> None:
         track.held_since = time.monotonic()
@@ -215,6 +239,26 @@ class Publisher:
     def video_codec(self) -> str | None:
         track = self.tracks.get("video")
         return track.codec if track else None
+
+    @property
+    def h264_profile_level_id(self) -> str | None:
+        track = self.tracks.get("video")
+        return track.profile_level_id if track else None
+
+    async def h264_described(self, timeout: float) -> None:
+        """Wait (at most `timeout`) until an H.264 stream's first SPS has been seen.
+
+        Encoders offer a profile-level-id that need not match their SPS (ffmpeg offers
+        42001e and sends Constrained Baseline, 42c01e): a viewer is answered with the
+        SPS's once it is known (B32).
+        """
+        track = self.tracks.get("video")
+        if track is None or track.codec != "H264" or track.sps_seen.is_set():
+            return
+        try:
+            await asyncio.wait_for(track.sps_seen.wait(), timeout)
+        except TimeoutError:
+            logger.debug("publisher %s: no SPS yet after %.1f s", self.id, timeout)
 
     def request_keyframe(self) -> None:
         """Send a PLI upstream (the hub decides how often)."""

@@ -22,7 +22,15 @@ from aiortc.mediastreams import MediaStreamError
 from ..errors import BadRequest
 from .frames import CLOCK_RATES, MediaFrame
 from .ice import reachable_candidates
-from .negotiation import ACCEPTED, narrow_codecs, parse_offer, peer_connection
+from .negotiation import (
+    ACCEPTED,
+    h264_profile,
+    narrow_codecs,
+    parse_offer,
+    peer_connection,
+    set_profile_level_id,
+    take_dtls_server_role,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +169,7 @@ class Viewer:
         self.hub = None
         self.recent: collections.deque[str] = collections.deque(maxlen=3)
         self.video_codec: str | None = None
+        self.h264_profile = None  # the H.264 profile answered, when video is H.264
         self.joined_at = time.monotonic()
         self.last_heard = self.joined_at
         self.gone = asyncio.Event()
@@ -169,20 +178,35 @@ class Viewer:
 
     @classmethod
     async def from_offer(
-        cls, visitor: str, offer_text: str, ice_servers: tuple[str, ...], video_codec
+        cls,
+        visitor: str,
+        offer_text: str,
+        ice_servers: tuple[str, ...],
+        video_codec,
+        h264_profile_level_id: str | None = None,
     ) -> tuple[Viewer, str]:
-        """Answer a viewer's offer, sending video in `video_codec` if it can take it."""
+        """Answer a viewer's offer, sending video in `video_codec` if it can take it.
+
+        For H.264 the answer names `h264_profile_level_id`, the stage's stream (B32).
+        """
         parse_offer(offer_text, sending=False)
         pc = peer_connection(ice_servers)
         viewer = cls(visitor, pc)
         try:
-            answer = await viewer._negotiate(offer_text, video_codec)
+            answer = await viewer._negotiate(
+                offer_text, video_codec, h264_profile_level_id
+            )
         except BaseException:
             await pc.close()
             raise
         return viewer, answer
 
-    async def _negotiate(self, offer_text: str, video_codec: str | None) -> str:
+    async def _negotiate(
+        self,
+        offer_text: str,
+        video_codec: str | None,
+        h264_profile_level_id: str | None,
+    ) -> str:
         try:
             offer = RTCSessionDescription(reachable_candidates(offer_text), "offer")
             await self.pc.setRemoteDescription(offer)
@@ -201,12 +225,20 @@ class Viewer:
             preferred = ACCEPTED[kind]
             if kind == "video" and video_codec:
                 preferred = (video_codec, *[c for c in preferred if c != video_codec])
-            codec = narrow_codecs(transceiver, preferred)
+            profile_level_id = h264_profile_level_id if kind == "video" else None
+            codec = narrow_codecs(transceiver, preferred, profile_level_id)
             if codec is None:
                 transceiver.direction = "inactive"
                 continue
             if kind == "video":
                 self.video_codec = codec
+            if codec == "H264":
+                answered = transceiver._codecs[0].parameters.get("profile-level-id")
+                if h264_profile(answered) == h264_profile(profile_level_id):
+                    # Same profile: name the stream's own level too (B32).
+                    set_profile_level_id(transceiver, profile_level_id)
+                    answered = profile_level_id
+                self.h264_profile = h264_profile(answered)
             track = ViewerTrack(kind, self)
             self.tracks[kind] = track
             sender = self.pc.addTrack(track)
@@ -219,6 +251,7 @@ class Viewer:
                 "The offer can receive neither Opus audio nor VP8/H.264 video."
             )
 
+        take_dtls_server_role(self.pc)
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
         return self.pc.localDescription.sdp

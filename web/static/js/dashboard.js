@@ -3,7 +3,7 @@
 // HttpOnly session cookie, which also opens the download links.
 
 import { requestJson } from './api.js';
-import { byId, savedPerformer, show } from './page.js';
+import { byId, savedPerformer, savePerformer, show } from './page.js';
 import { recordingActions, refreshClips } from './dashboard-clips.js';
 
 const RELOAD_DELAY_MS = 1000;
@@ -28,6 +28,10 @@ const countCell = byId('performance-count');
 const table = byId('performances');
 const rows = byId('performance-rows');
 const empty = byId('no-performances');
+const rotateButton = byId('rotate-key');
+const rotateError = byId('rotate-error');
+const newKeyBox = byId('new-key-box');
+const newKeyText = byId('new-key');
 
 let events = null;
 let lastShape = '';
@@ -96,6 +100,34 @@ function showSignInError(text) {
   signInError.textContent = text;
   show(signInError, true);
 }
+
+// the key
+
+rotateButton.addEventListener('click', async () => {
+  const sure = window.confirm(
+    'Make a new key? The old one stops working now, and a show streamed ' +
+    'with it goes off air.');
+  if (!sure) {
+    return;
+  }
+  rotateButton.disabled = true;
+  show(rotateError, false);
+  try {
+    // The session cookie authorises this; the answer renews it.
+    const { key } = await requestJson(`${base}/key`, { method: 'POST' });
+    newKeyText.textContent = key;
+    show(newKeyBox, true);
+    const saved = savedPerformer();
+    if (saved && saved.id === stageId) {
+      savePerformer({ ...saved, key });
+    }
+  } catch (err) {
+    rotateError.textContent = `The key was not changed: ${err.message}`;
+    show(rotateError, true);
+  } finally {
+    rotateButton.disabled = false;
+  }
+});
 
 // the stage
 
