@@ -95,7 +95,9 @@ async def wait_advancing(page, selector: str) -> None:
         timeout=UI_TIMEOUT_MS,
         polling=50,
     )
-    t0 = await page.evaluate("(sel) => document.querySelector(sel).currentTime", selector)
+    t0 = await page.evaluate(
+        "(sel) => document.querySelector(sel).currentTime", selector
+    )
     await page.wait_for_function(
         "(a) => document.querySelector(a.sel).currentTime > a.t + 0.3",
         arg={"sel": selector, "t": t0},
