@@ -308,7 +308,13 @@ async def clip_file(request: web.Request) -> web.StreamResponse:
 
 
 async def clip_page(request: web.Request) -> web.Response:
-    clip = _find_clip(request)
+    clip = request.app[STORE].clip(request.match_info["id"])
+    if clip is None:
+        # A shared link outlives a clip its artist deleted: a page, not JSON.
+        context = {"message": "This clip is gone, or the link is wrong."}
+        return aiohttp_jinja2.render_template(
+            "missing.html", request, context, status=404
+        )
     stage = request.app[STORE].stage(clip.stage_id)
     context = {"clip_id": clip.id, "stage_name": stage.name if stage else ""}
     return aiohttp_jinja2.render_template("clip.html", request, context)

@@ -53,7 +53,7 @@ function showClip(clip) {
   video.src = clip.recorded;
   mp4.href = `${clip.mp4}?download=1`;
   recorded.href = `${clip.recorded}?download=1`;
-  plays.textContent = String(clip.plays);
+  showPlays(clip.plays);
   length.textContent = formatDuration(clip.duration);
   show(player, true);
 }
@@ -66,11 +66,16 @@ video.addEventListener('play', async () => {
   counted = true;
   try {
     await requestJson(`${url}/plays`, { method: 'POST' });
-    plays.textContent = String(Number(plays.textContent) + 1);
+    showPlays(Number(plays.dataset.count) + 1);
   } catch {
     // A missed count is not worth interrupting the viewer for.
   }
 });
+
+function showPlays(count) {
+  plays.dataset.count = String(count);
+  plays.textContent = count === 1 ? '1 play' : `${count} plays`;
+}
 
 function formatDuration(seconds) {
   const total = Math.round(seconds ?? 0);

@@ -10,10 +10,12 @@ const POLL_MS = 1000;
 const editor = byId('clip-editor');
 const video = byId('editor-video');
 const scrubber = byId('editor-scrubber');
+const marks = byId('editor-marks');
 const playButton = byId('editor-play');
 const position = byId('editor-position');
 const startText = byId('clip-start');
 const endText = byId('clip-end');
+const lengthText = byId('clip-length');
 const makeButton = byId('make-clip');
 const making = byId('clip-making');
 const progress = byId('clip-progress');
@@ -129,9 +131,26 @@ byId('mark-end').addEventListener('click', () => {
 
 byId('close-editor').addEventListener('click', closeEditor);
 
+// The marks, as text and as a band behind the scrubber. The band is placed
+// through the CSSOM, which a strict style-src allows (a style attribute in
+// the markup it would not).
 function showMarks() {
   startText.textContent = formatTime(start);
   endText.textContent = end === null ? '—' : formatTime(end);
+  const length = end === null ? null : end - start;
+  lengthText.textContent = length === null
+    ? ''
+    : length > 0 ? `${length.toFixed(1)} s` : 'the end is not after the start';
+  lengthText.dataset.valid = String(length !== null && length > 0);
+
+  const duration = Number(scrubber.max);
+  const share = (t) => Math.min(1, Math.max(0, t / duration));
+  const visible = duration > 0 && length !== null && length > 0;
+  show(marks, visible);
+  if (visible) {
+    marks.style.left = `${share(start) * 100}%`;
+    marks.style.width = `${(share(end) - share(start)) * 100}%`;
+  }
 }
 
 // The server checks the marks too; its sentence is shown as it is.
@@ -211,7 +230,7 @@ function clipItem(clip) {
     link.textContent = 'Public page';
     const plays = document.createElement('span');
     plays.className = 'muted';
-    plays.textContent = `${clip.plays} plays · ${formatSize(clip.bytes)}`;
+    plays.textContent = `${formatPlays(clip.plays)} · ${formatSize(clip.bytes)}`;
     item.append(link, plays);
   } else {
     const state = document.createElement('span');
@@ -240,6 +259,18 @@ function formatTime(seconds) {
   return `${minutes}:${rest}`;
 }
 
+function formatPlays(count) {
+  return count === 1 ? '1 play' : `${count} plays`;
+}
+
+// Small figures in kB: a short clip must visibly change the disk figure.
 function formatSize(bytes) {
-  return `${((bytes ?? 0) / 1e6).toFixed(1)} MB`;
+  const value = bytes ?? 0;
+  if (value < 1e6) {
+    return `${Math.ceil(value / 1e3)} kB`;
+  }
+  if (value < 1e9) {
+    return `${(value / 1e6).toFixed(1)} MB`;
+  }
+  return `${(value / 1e9).toFixed(2)} GB`;
 }

@@ -226,6 +226,7 @@ function recordingCell(recording) {
     link.download = '';
     link.textContent = 'Download';
     const actions = document.createElement('span');
+    actions.className = 'recording-actions';
     actions.append(link, ...recordingActions(stageId, recording,
       reloadPerformances));
     return actions;
