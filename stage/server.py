@@ -77,6 +77,7 @@ async def venue_lifetime(app: web.Application):
     store = Store(settings.database, settings.view_seconds)
     venue = Venue(store, settings.data, settings.ice_servers, settings.max_viewers)
     await venue.recover()
+    venue.audience.start()
     app[STORE] = store
     app[VENUE] = venue
     logger.info("Stage ready: data in %s", settings.data.resolve())
