@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp_jinja2
 from aiohttp import web
 
-from .appkeys import STORE
+from .appkeys import SETTINGS, STORE
 from .requests import find_stage
 
 
@@ -33,5 +33,9 @@ async def perform(request: web.Request) -> dict:
 
 async def dashboard(request: web.Request) -> web.Response:
     stage = find_stage(request.app[STORE], request.match_info["id"])
-    context = {"stage_id": stage.id, "stage_name": stage.name}
+    context = {
+        "stage_id": stage.id,
+        "stage_name": stage.name,
+        "view_seconds": f"{request.app[SETTINGS].view_seconds:g}",
+    }
     return aiohttp_jinja2.render_template("dashboard.html", request, context)
