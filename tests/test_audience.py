@@ -13,11 +13,15 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import os
 import random
 import re
+import signal
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
+from datetime import datetime
+from types import SimpleNamespace
 
 import aiohttp
 import pytest
@@ -28,6 +32,7 @@ from stage.appkeys import VENUE
 from stage.config import Settings
 from stage.server import create_app
 from tests.peers import Publisher, Viewer, new_pc
+from tests.test_recovery import free_port, start_server
 from tests.test_server_contract import cut_network
 
 VIEW_SECONDS = 6.0
@@ -460,3 +465,58 @@ async def test_chart_and_export_are_the_owners_only(server, http, new_stage, pee
     texts = [t.text for t in svg.iter("{http://www.w3.org/2000/svg}text")]
     assert any(re.fullmatch(r"peak 1 at 0:0\d", t or "") for t in texts), texts
     assert svg.find("{http://www.w3.org/2000/svg}path") is not None
+
+
+async def test_killed_server_keeps_counts_and_ends_open_watches_before_the_kill(
+    tmp_path, monkeypatch
+):
+    """SIGKILL with a viewer on: after the restart its watch ends no later than the
+    kill (not at the restart), and every visit written before it is still there."""
+    monkeypatch.setenv("STAGE_VIEW_SECONDS", "1")
+    data, port = tmp_path / "data", free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = await start_server(data, port)
+    peers = []
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{base}/api/stages", json={"name": "Kill"}) as r:
+                stage = await r.json()
+        peers.append(await Publisher(base, stage["id"], stage["key"]).start())
+        stays, goes = Viewer(base), Viewer(base)
+        peers += [stays, goes]
+        await stays.start(stage_id=stage["id"])
+        await goes.start(stage_id=stage["id"])
+        await asyncio.sleep(1.5)
+        await goes.stop()
+        left_at = time.time()
+        await asyncio.sleep(1.5)  # past a flush
+        killed_at = time.time()
+        os.kill(server.pid, signal.SIGKILL)
+        server.wait()
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        for peer in peers:
+            await peer.pc.close()
+
+    await asyncio.sleep(2.0)  # so that "ended at the restart" would show
+    server = await start_server(data, port)
+    try:
+        async with aiohttp.ClientSession() as http:
+            restarted = SimpleNamespace(base=base)
+            performance = await performance_of(restarted, http, stage)
+            rows = await watches_csv(restarted, http, stage, performance)
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=20)
+
+    assert (performance["visits"], performance["visitors"]) == (2, 2), performance
+    assert (performance["watching"], performance["views"]) == (0, 2), performance
+    by = sorted(r["ended_by"] for r in rows)
+    assert by == ["server", "viewer"], rows
+    [open_one] = [r for r in rows if r["ended_by"] == "server"]
+    ended = datetime.fromisoformat(open_one["ended_at"]).timestamp()
+    assert ended <= killed_at, f"ended {ended - killed_at:.2f} s after the kill: {rows}"
+    # The flush that wrote the other viewer's leave vouched for a later moment.
+    assert ended >= left_at - 0.1, f"ended {left_at - ended:.2f} s before: {rows}"
