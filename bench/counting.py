@@ -120,7 +120,9 @@ def main() -> None:
     line("now, background flush, per visit", median["flush"])
     line("now, both together, per visit", median["path"] + median["flush"])
     line(f"longest single flush ({args.batch} visits)", median["longest"], False)
-    line(f"reading one performance's numbers ({args.visits} rows)", median["read"], False)
+    line(
+        f"reading one performance's numbers ({args.visits} rows)", median["read"], False
+    )
 
 
 if __name__ == "__main__":

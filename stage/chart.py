@@ -46,9 +46,7 @@ def peak_moments(
     return moments
 
 
-def render(
-    points: list[tuple[float, int]], start: float, end: float, peak: int
-) -> str:
+def render(points: list[tuple[float, int]], start: float, end: float, peak: int) -> str:
     """The chart of `points` (moment, watching from then on) over [start, end]."""
     span = max(end - start, 1.0)
     top = max(peak, 1)

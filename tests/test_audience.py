@@ -318,9 +318,7 @@ async def test_200_visits_at_once_give_exactly_the_counts_of_the_log(
             performance["watch_seconds"], abs=0.01 * len(rows)
         )
         numbers[stage["id"]] = performance
-        quick = max(
-            v.longest for v in log.on(stage["id"]) if v.longest < VIEW_SECONDS
-        )
+        quick = max(v.longest for v in log.on(stage["id"]) if v.longest < VIEW_SECONDS)
         print(
             f"stage {stage['id']}: {got}, peak {performance['peak_viewers']},"
             f" watch {performance['watch_seconds']:.1f} s in [{low:.1f}, {high:.1f}];"
@@ -391,7 +389,9 @@ async def test_performer_cut_off_moves_viewers_on_and_counts_fall_to_zero(
         return info["viewers"] == 0 and not info["live"]
 
     await wait_for(a_is_empty, 30, "watching-now on the cut-off stage back to 0")
-    print(f"watching-now on the cut-off stage was 0 after {time.monotonic() - cut_at:.1f} s")
+    print(
+        f"watching-now on the cut-off stage was 0 after {time.monotonic() - cut_at:.1f} s"
+    )
     for viewer in viewers:
         status, body = await viewer.request("GET")
         assert status == 200 and body["stage"]["id"] == b["id"], body
