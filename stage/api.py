@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import csv
+import hashlib
+import hmac
+import io
 import json
 import logging
 import time
@@ -12,7 +16,9 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from . import chart
 from .appkeys import STORE, VENUE
+from .audience import BY_VIEWER, UNCONNECTED, Numbers
 from .errors import BadRequest, NotFound, Unauthorized
 from .recorder.files import live_path_for
 from .requests import find_stage, owner_cookie, read_json, require_owner
@@ -35,6 +41,8 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_post("/api/stages/{id}/key", rotate_key)
     router.add_get("/api/stages/{id}/performances", list_performances)
     router.add_get("/api/performances/{id}/recording", download_recording)
+    router.add_get("/api/performances/{id}/chart.svg", performance_chart)
+    router.add_get("/api/performances/{id}/watches.csv", performance_watches)
 
 
 # stages
@@ -83,7 +91,7 @@ def stage_summary(app: web.Application, stage: StageRecord) -> dict:
         "name": stage.name,
         "live": hub is not None,
         "viewers": hub.watching if hub else 0,
-        "views": app[STORE].stage_views(stage.id, time.time()),
+        "views": venue.audience.stage_views(stage.id),
         "recording": venue.recording_state(stage.id),
         # Lets a performer's page see that another connection took the stage over.
         "publisher": hub.publisher.id if hub else None,
@@ -177,7 +185,9 @@ def iso(seconds: float | None) -> str | None:
     return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
 
 
-def performance_summary(p: PerformanceRecord, views: int, now: float, data) -> dict:
+def performance_summary(
+    p: PerformanceRecord, numbers: Numbers, now: float, data
+) -> dict:
     end = p.ended_at if p.ended_at is not None else now
     recording = None
     if p.recording_path:
@@ -197,9 +207,18 @@ def performance_summary(p: PerformanceRecord, views: int, now: float, data) -> d
         "started_at": iso(p.started_at),
         "ended_at": iso(p.ended_at),
         "duration": round(end - p.started_at, 3),
-        "views": views,
-        "peak_viewers": p.peak_viewers,
+        "views": numbers.views,
+        "peak_viewers": numbers.peak,
         "recording": recording,
+        # Each defined in README.md, "What the numbers mean".
+        "watching": numbers.watching,
+        "visits": numbers.visits,
+        "visitors": numbers.visitors,
+        "nexted": numbers.nexted,
+        "watch_seconds": round(numbers.watch_seconds, 3),
+        "average_watch_seconds": round(numbers.average_watch_seconds, 3),
+        "chart_url": f"/api/performances/{p.id}/chart.svg",
+        "watches_url": f"/api/performances/{p.id}/watches.csv",
     }
 
 
@@ -207,23 +226,27 @@ async def list_performances(request: web.Request) -> web.Response:
     store = request.app[STORE]
     stage = find_stage(store, request.match_info["id"])
     require_owner(request, store, stage)
-    now = time.time()
     performances = store.performances(stage.id)
-    views = store.views([p.id for p in performances], now)
+    numbers = request.app[VENUE].audience.numbers([p.id for p in performances])
+    now = time.time()
     data = request.app[VENUE].data
-    listed = [
-        performance_summary(p, views.get(p.id, 0), now, data) for p in performances
-    ]
+    listed = [performance_summary(p, numbers[p.id], now, data) for p in performances]
     return web.json_response({"performances": listed})
 
 
-async def download_recording(request: web.Request) -> web.StreamResponse:
+def owned_performance(request: web.Request) -> tuple[PerformanceRecord, StageRecord]:
+    """The performance in the path, for its stage's owner only."""
     store = request.app[STORE]
     performance = store.performance(request.match_info["id"])
     if performance is None:
         raise NotFound("There is no performance with this id.")
     stage = find_stage(store, performance.stage_id)
     require_owner(request, store, stage)
+    return performance, stage
+
+
+async def download_recording(request: web.Request) -> web.StreamResponse:
+    performance, stage = owned_performance(request)
     if (
         performance.recording_state not in ("ready", "truncated")
         or not performance.recording_path
@@ -256,3 +279,74 @@ def _why_no_file(state: str) -> str:
         "empty": "This performance got no media, so there is no recording.",
         "failed": "This recording failed and nothing playable was written.",
     }.get(state, "There is no recording for this performance.")
+
+
+# the audience of one performance
+
+
+async def performance_chart(request: web.Request) -> web.Response:
+    performance, _ = owned_performance(request)
+    audience = request.app[VENUE].audience
+    numbers = audience.numbers([performance.id])[performance.id]
+    end = performance.ended_at if performance.ended_at is not None else time.time()
+    svg = chart.render(
+        audience.timeline(performance.id), performance.started_at, end, numbers.peak
+    )
+    return web.Response(
+        text=svg,
+        content_type="image/svg+xml",
+        headers={"Cache-Control": "private, no-cache"},
+    )
+
+
+WATCH_COLUMNS = (
+    "visit",
+    "viewer",
+    "started_at",
+    "ended_at",
+    "seconds",
+    "ended_by",
+    "nexted",
+)
+
+
+async def performance_watches(request: web.Request) -> web.Response:
+    performance, stage = owned_performance(request)
+    store, audience = request.app[STORE], request.app[VENUE].audience
+    now = time.time()
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(WATCH_COLUMNS)
+    for number, watch in enumerate(audience.watches(performance.id), start=1):
+        end = watch.ended_at if watch.ended_at is not None else now
+        seconds = 0.0 if watch.ended_by == UNCONNECTED else end - watch.started_at
+        nexted = watch.ended_by == BY_VIEWER and seconds < audience.view_seconds
+        writer.writerow(
+            (
+                number,
+                viewer_alias(store.secret, stage.id, watch.viewer),
+                iso(watch.started_at),
+                iso(watch.ended_at) or "",
+                f"{seconds:.3f}",
+                watch.ended_by or "",
+                "yes" if nexted else "no",
+            )
+        )
+    started = datetime.fromtimestamp(performance.started_at, UTC)
+    filename = f"watches-{stage.id}-{started:%Y%m%dT%H%M%SZ}.csv"
+    return web.Response(
+        text=out.getvalue(),
+        content_type="text/csv",
+        headers={
+            "Content-Disposition": f'attachment; filename="{filename}"',
+            "Cache-Control": "private, no-store",
+        },
+    )
+
+
+def viewer_alias(secret: bytes, stage_id: str, viewer: str) -> str:
+    """A viewer's name in exports: the same on every performance of this stage, but
+    neither the cookie itself (which would let its holder pose as that browser) nor
+    linkable across stages."""
+    message = f"{stage_id}:{viewer}".encode()
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()[:12]

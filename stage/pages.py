@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp_jinja2
 from aiohttp import web
 
-from .appkeys import STORE
+from .appkeys import SETTINGS, STORE
 from .errors import NotFound
 from .requests import find_stage
 
@@ -40,5 +40,9 @@ async def dashboard(request: web.Request) -> web.Response:
         return aiohttp_jinja2.render_template(
             "missing.html", request, context, status=404
         )
-    context = {"stage_id": stage.id, "stage_name": stage.name}
+    context = {
+        "stage_id": stage.id,
+        "stage_name": stage.name,
+        "view_seconds": f"{request.app[SETTINGS].view_seconds:g}",
+    }
     return aiohttp_jinja2.render_template("dashboard.html", request, context)

@@ -85,6 +85,7 @@ async def venue_lifetime(app: web.Application):
         max_stages=settings.max_stages,
     )
     await venue.recover()
+    venue.audience.start()
     app[STORE] = store
     app[VENUE] = venue
     logger.info("Stage ready: data in %s", settings.data.resolve())

@@ -1,8 +1,8 @@
 """SQLite store: stages, performances, watches.
 
-Counts are derived from the watch rows (who watched which performance, from when to
-when), never kept as counters that could drift. Every call is short and runs on the
-event loop; none of them sits on the media path.
+The watch rows are written and read by `audience.py`, which derives every count from
+them. Every call is short and runs on the event loop; none of them sits on the media
+path.
 """
 
 from __future__ import annotations
@@ -115,6 +115,7 @@ def hash_key(key: str) -> str:
 class Store:
     def __init__(self, path: Path, view_seconds: float) -> None:
         self.view_seconds = view_seconds
+        self.path = path
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -195,12 +196,6 @@ class Store:
             (ended_at, performance_id),
         )
 
-    def raise_peak(self, performance_id: str, watching: int) -> None:
-        self._db.execute(
-            "UPDATE performances SET peak_viewers=MAX(peak_viewers, ?) WHERE id=?",
-            (watching, performance_id),
-        )
-
     def set_recording(
         self,
         performance_id: str,
@@ -237,41 +232,6 @@ class Store:
             " OR recording_state IN ('recording', 'finishing')"
         ).fetchall()
         return [PerformanceRecord(**row) for row in rows]
-
-    # watches
-
-    def start_watch(self, performance_id: str, viewer: str, at: float) -> int:
-        cursor = self._db.execute(
-            "INSERT INTO watches (performance_id, viewer, started_at) VALUES (?, ?, ?)",
-            (performance_id, viewer, at),
-        )
-        return cursor.lastrowid
-
-    def end_watch(self, watch_id: int, at: float) -> None:
-        self._db.execute(
-            "UPDATE watches SET ended_at=? WHERE id=? AND ended_at IS NULL",
-            (at, watch_id),
-        )
-
-    def views(self, performance_ids: list[str], now: float) -> dict[str, int]:
-        """Distinct viewers per performance who watched at least `view_seconds` in all."""
-        if not performance_ids:
-            return {}
-        marks = ",".join("?" * len(performance_ids))
-        rows = self._db.execute(
-            "SELECT performance_id, COUNT(*) AS views FROM ("
-            "  SELECT performance_id, viewer,"
-            "   SUM(COALESCE(ended_at, ?) - started_at) AS watched"
-            f"  FROM watches WHERE performance_id IN ({marks})"
-            "  GROUP BY performance_id, viewer"
-            ") WHERE watched >= ? GROUP BY performance_id",
-            (now, *performance_ids, self.view_seconds),
-        ).fetchall()
-        return {row["performance_id"]: row["views"] for row in rows}
-
-    def stage_views(self, stage_id: str, now: float) -> int:
-        ids = [p.id for p in self.performances(stage_id)]
-        return sum(self.views(ids, now).values())
 
     def close_interrupted(self, at: float) -> None:
         """After a crash: end what was open, at the last moment we can vouch for."""

@@ -13,6 +13,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from .audience import BY_SERVER, BY_SHOW, BY_VIEWER, UNCONNECTED, Audience
 from .bulletin import Bulletin
 from .errors import Conflict, Full, NotFound
 from .recorder.files import LIVE_SUFFIX, finish
@@ -65,6 +66,7 @@ class Venue:
         self.max_viewers = max_viewers
         self.max_stages = max_stages
         self.bulletin = Bulletin()
+        self.audience = Audience(store.path, store.view_seconds)
         self.hubs: dict[str, StageHub] = {}
         self.performances: dict[str, Performance] = {}  # by stage id
         self.publishers: dict[str, Publisher] = {}  # every publisher not yet gone
@@ -210,7 +212,9 @@ class Venue:
         hub.end()
         logger.info("stage %s: ended, moving %d viewers on", hub.stage_id, hub.watching)
         for viewer in list(hub.viewers):
-            self._move(viewer, self._choose(viewer, exclude=hub.stage_id))
+            self._move(
+                viewer, self._choose(viewer, exclude=hub.stage_id), ended_by=BY_SHOW
+            )
         await self._close_performance(
             hub.stage_id, self._take_performance(hub.stage_id)
         )
@@ -242,9 +246,8 @@ class Venue:
         self.performances[hub.stage_id] = Performance(performance_id, recording)
         hub.peak = hub.watching
         for viewer in hub.viewers:
-            self._end_watch(viewer)
+            self._end_watch(viewer, BY_SHOW)
             self._start_watch(viewer, hub)
-        self.store.raise_peak(performance_id, hub.watching)
 
     def _take_performance(self, stage_id: str) -> Performance | None:
         """End a performance's row and feed at once; its file is closed after."""
@@ -255,6 +258,11 @@ class Venue:
         if hub is not None:
             for kind in ("audio", "video"):
                 hub.unsubscribe(kind, performance.recording)
+            # Viewers who stay (the performer reconnected) start a new watch on the
+            # next performance; this one's watches end with it.
+            for viewer in hub.viewers:
+                self._end_watch(viewer, BY_SHOW)
+        self.audience.flush()
         self.store.end_performance(performance.id, time.time())
         return performance
 
@@ -306,6 +314,7 @@ class Venue:
 
     async def recover(self) -> None:
         """After a crash: finish the live files left behind and close what was open."""
+        self.audience.close_interrupted()
         rows = {p.recording_path: p for p in self.store.unfinished_performances()}
         loop = asyncio.get_running_loop()
         for live in sorted(self.data.glob(f"*/*{LIVE_SUFFIX}.*")):
@@ -381,6 +390,7 @@ class Venue:
                 waited = time.monotonic() - viewer.joined_at
                 if not connected and waited > CONNECT_TIMEOUT:
                     logger.info("viewer %s: never connected", viewer.id)
+                    await self.leave(viewer.id, ended_by=UNCONNECTED)
                     return
                 # Browsers report reception about once a second; a viewer we have
                 # not heard from in a while has closed its tab or lost its network.
@@ -406,12 +416,12 @@ class Venue:
         self._move(viewer, hub)
         return hub
 
-    async def leave(self, viewer_id: str) -> None:
+    async def leave(self, viewer_id: str, ended_by: str = BY_VIEWER) -> None:
         viewer = self.viewers.pop(viewer_id, None)
         if viewer is None:
             return
         watched = time.monotonic() - viewer.joined_at
-        self._move(viewer, None)
+        self._move(viewer, None, ended_by)
         await viewer.close()
         logger.info("viewer %s: left after %.1f s", viewer.id, watched)
 
@@ -434,15 +444,14 @@ class Venue:
         candidates = [h for h in self.hubs.values() if self._fits(viewer, h)]
         return roulette.choose(candidates, current=exclude, recent=tuple(viewer.recent))
 
-    def _move(self, viewer: Viewer, hub: StageHub | None) -> None:
+    def _move(
+        self, viewer: Viewer, hub: StageHub | None, ended_by: str = BY_VIEWER
+    ) -> None:
         old = viewer.hub
-        self._end_watch(viewer)
+        self._end_watch(viewer, ended_by)
         viewer.attach(hub)
         if hub is not None:
             self._start_watch(viewer, hub)
-            performance = self.performances.get(hub.stage_id)
-            if performance is not None:
-                self.store.raise_peak(performance.id, hub.watching)
             self._announce(hub)
         if old is not None and old is not hub:
             self._announce(old)
@@ -459,16 +468,16 @@ class Venue:
             if viewer.hub is None and self._fits(viewer, hub):
                 self._move(viewer, hub)
 
+    # Counting touches memory only; the audience writes the rows in batches.
+
     def _start_watch(self, viewer: Viewer, hub: StageHub) -> None:
         performance = self.performances.get(hub.stage_id)
         if performance is not None:
-            viewer.watch_id = self.store.start_watch(
-                performance.id, viewer.visitor, time.time()
-            )
+            viewer.watch_id = self.audience.open_watch(performance.id, viewer.visitor)
 
-    def _end_watch(self, viewer: Viewer) -> None:
+    def _end_watch(self, viewer: Viewer, ended_by: str) -> None:
         if viewer.watch_id is not None:
-            self.store.end_watch(viewer.watch_id, time.time())
+            self.audience.close_watch(viewer.watch_id, ended_by)
             viewer.watch_id = None
 
     # lifetime
@@ -485,7 +494,7 @@ class Venue:
 
     async def close(self) -> None:
         for viewer_id in list(self.viewers):
-            await self.leave(viewer_id)
+            await self.leave(viewer_id, ended_by=BY_SERVER)
         for hub in list(self.hubs.values()):
             await self.end_stage(hub)
         for publisher in list(self.publishers.values()):
@@ -493,3 +502,4 @@ class Venue:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.audience.close()

@@ -7,6 +7,9 @@ import { byId, savedPerformer, savePerformer, show } from './page.js';
 import { recordingActions, refreshClips } from './dashboard-clips.js';
 
 const RELOAD_DELAY_MS = 1000;
+// While a show is live its numbers and chart are refreshed at most this often.
+const LIVE_RELOAD_MS = 2000;
+const COLUMNS = 10;
 
 const root = byId('dashboard');
 const stageId = root.dataset.stageId;
@@ -36,6 +39,7 @@ const newKeyText = byId('new-key');
 let events = null;
 let lastShape = '';
 let reloadTimer = null;
+let liveReloadAt = 0;
 
 async function load() {
   show(loading, true);
@@ -155,6 +159,10 @@ function listen() {
     if (lastShape && shape !== lastShape) {
       clearTimeout(reloadTimer);
       reloadTimer = setTimeout(reloadPerformances, RELOAD_DELAY_MS);
+    } else if (stage.live && Date.now() >= liveReloadAt) {
+      // Someone came or went: the live show's numbers and chart follow.
+      liveReloadAt = Date.now() + LIVE_RELOAD_MS;
+      setTimeout(reloadPerformances, LIVE_RELOAD_MS);
     }
     lastShape = shape;
   });
@@ -175,7 +183,10 @@ async function reloadPerformances() {
 // the performances table
 
 function render(performances) {
-  rows.replaceChildren(...performances.map(performanceRow));
+  rows.replaceChildren(...performances.flatMap((performance) => [
+    performanceRow(performance),
+    detailRow(performance),
+  ]));
   countCell.textContent = String(performances.length);
   show(table, performances.length > 0);
   show(empty, performances.length === 0);
@@ -203,9 +214,53 @@ function performanceRow(performance) {
       : 'on now', 'num'),
     cell(String(performance.views ?? 0), 'num'),
     cell(String(performance.peak_viewers ?? 0), 'num'),
+    cell(String(performance.visits ?? 0), 'num'),
+    cell(String(performance.nexted ?? 0), 'num'),
+    cell(formatDuration(performance.average_watch_seconds), 'num'),
+    cell(formatDuration(performance.watch_seconds), 'num'),
     cell(formatSize(recording?.bytes), 'num'),
     cell(recordingCell(recording)),
   );
+  return row;
+}
+
+// The chart of watching-now (an SVG the server draws) and the export.
+function detailRow(performance) {
+  const row = document.createElement('tr');
+  row.className = 'performance-detail';
+  row.dataset.id = performance.id;
+  const td = document.createElement('td');
+  td.colSpan = COLUMNS;
+
+  const figure = document.createElement('figure');
+  figure.className = 'chart';
+  const image = document.createElement('img');
+  const live = !performance.ended_at;
+  // A live show's chart changes: a new address makes the browser fetch it.
+  image.src = live
+    ? `${performance.chart_url}?at=${Date.now()}`
+    : performance.chart_url;
+  image.alt = `Watching now over the show: peak ${performance.peak_viewers}`
+    + `, ${performance.visits} visits, ${performance.views} views.`;
+  image.width = 720;
+  image.height = 200;
+  image.loading = 'lazy';
+  figure.append(image);
+
+  const caption = document.createElement('figcaption');
+  const visitors = document.createElement('span');
+  visitors.textContent = `${performance.visitors} browsers came`
+    + (live ? `, ${performance.watching} watching now. ` : '. ');
+  const csv = document.createElement('a');
+  csv.className = 'export';
+  csv.href = performance.watches_url;
+  csv.download = '';
+  csv.textContent = 'Download the watches (CSV)';
+  caption.append(visitors, csv);
+  figure.append(caption);
+
+  td.append(figure);
+  row.append(td);
   return row;
 }
 

@@ -1,0 +1,308 @@
+"""The audience: who watched which performance, from when to when — and every number
+derived from that.
+
+The watch rows are the one record of watching. Every count an artist sees (watching
+now, peak, visits, views, nexted, watch time, the chart) is computed from them when it
+is asked for, never kept as a counter that could drift.
+
+Joining and leaving only touch memory: a watch gets its id and its times here, and the
+rows reach SQLite in one transaction every FLUSH_INTERVAL, from a background task and
+once more at shutdown. Readers call `flush()` first (the numbers methods do), so what
+they read is the whole truth up to that moment. A killed server loses at most the last
+interval of joins and leaves; the open watches it left are ended at the last moment a
+flush vouched for (see `close_interrupted`).
+
+One process writes the watch rows: ids are handed out here, from the largest stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+FLUSH_INTERVAL = 0.5
+
+# Why a watch ended. Only a viewer's own leaving can make a nexted visit; a browser that
+# never got connected counts as a visit but never as watch time or a view.
+BY_VIEWER = "viewer"  # Next, closed or reloaded the page, lost its connection
+BY_SHOW = "show"  # the performance ended, or its performer reconnected
+BY_SERVER = "server"  # the server stopped, or was killed and restarted
+UNCONNECTED = "unconnected"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS audience_marks (name TEXT PRIMARY KEY, at REAL NOT NULL);
+"""
+
+# Seconds a watch counts for: to its end, or to now while it is open; zero for a
+# browser that never got connected.
+WATCHED = (
+    "CASE WHEN ended_by IS 'unconnected' THEN 0"
+    " ELSE MAX(COALESCE(ended_at, ?), started_at) - started_at END"
+)  # one parameter: now
+
+
+@dataclass(frozen=True)
+class Numbers:
+    """One performance's numbers; README.md says what each one means."""
+
+    watching: int = 0
+    peak: int = 0
+    visits: int = 0
+    visitors: int = 0
+    views: int = 0
+    nexted: int = 0
+    watch_seconds: float = 0.0
+
+    @property
+    def average_watch_seconds(self) -> float:
+        return self.watch_seconds / self.visitors if self.visitors else 0.0
+
+
+@dataclass(frozen=True)
+class Watch:
+    id: int
+    viewer: str
+    started_at: float
+    ended_at: float | None
+    ended_by: str | None
+
+
+class Audience:
+    def __init__(self, path: Path, view_seconds: float) -> None:
+        self.view_seconds = view_seconds
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(watches)")}
+        if "ended_by" not in columns:
+            self._db.execute("ALTER TABLE watches ADD COLUMN ended_by TEXT")
+        self._next_id = (
+            self._db.execute("SELECT COALESCE(MAX(id), 0) FROM watches").fetchone()[0]
+            + 1
+        )
+        self._last_at = 0.0
+        # Not yet written: new rows by id, and ends of rows already written.
+        self._new: dict[int, list] = {}
+        self._ends: dict[int, tuple[float, str]] = {}
+        self._open: dict[int, str] = {}  # watch id -> performance id
+        self._task: asyncio.Task | None = None
+
+    def now(self) -> float:
+        """Wall-clock time that never goes back and never repeats.
+
+        So the order of the stored times is the order of the joins and leaves, and the
+        peak computed from the rows is exactly the most that were on at once.
+        """
+        self._last_at = max(time.time(), self._last_at + 1e-6)
+        return self._last_at
+
+    # the path joins and leaves take: memory only
+
+    def open_watch(self, performance_id: str, viewer: str) -> int:
+        watch_id = self._next_id
+        self._next_id += 1
+        self._new[watch_id] = [watch_id, performance_id, viewer, self.now(), None, None]
+        self._open[watch_id] = performance_id
+        return watch_id
+
+    def close_watch(self, watch_id: int, ended_by: str) -> None:
+        if self._open.pop(watch_id, None) is None:
+            return
+        at = self.now()
+        row = self._new.get(watch_id)
+        if row is not None:
+            row[4], row[5] = at, ended_by
+        else:
+            self._ends[watch_id] = (at, ended_by)
+
+    def watching(self, performance_id: str) -> int:
+        """Open watches of a performance, from memory."""
+        return sum(1 for p in self._open.values() if p == performance_id)
+
+    @property
+    def pending(self) -> int:
+        return len(self._new) + len(self._ends)
+
+    # writing
+
+    def flush(self) -> int:
+        """Write what is pending in one transaction; returns how many changes."""
+        if not self._new and not self._ends:
+            if self._open:
+                # Nothing new, but watches are open: keep the moment we vouch for fresh.
+                self._mark(self.now())
+            return 0
+        new, ends = list(self._new.values()), list(self._ends.items())
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            db.executemany(
+                "INSERT INTO watches"
+                " (id, performance_id, viewer, started_at, ended_at, ended_by)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                new,
+            )
+            db.executemany(
+                "UPDATE watches SET ended_at=?, ended_by=?"
+                " WHERE id=? AND ended_at IS NULL",
+                [(at, by, watch_id) for watch_id, (at, by) in ends],
+            )
+            self._mark(self.now())
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._new.clear()
+        self._ends.clear()
+        return len(new) + len(ends)
+
+    def _mark(self, at: float) -> None:
+        self._db.execute(
+            "INSERT INTO audience_marks (name, at) VALUES ('flushed', ?)"
+            " ON CONFLICT(name) DO UPDATE SET at=excluded.at",
+            (at,),
+        )
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            try:
+                self.flush()
+            except sqlite3.Error:
+                # Kept in memory and tried again next time; the show goes on.
+                logger.exception("audience: %d watch changes not written", self.pending)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        self.flush()
+        self._db.close()
+
+    def close_interrupted(self) -> int:
+        """After a crash: end the watches left open at the last moment we vouch for."""
+        row = self._db.execute(
+            "SELECT at FROM audience_marks WHERE name='flushed'"
+        ).fetchone()
+        at = row["at"] if row else None
+        cursor = self._db.execute(
+            "UPDATE watches SET ended_at=MAX(started_at, COALESCE(?, started_at)),"
+            " ended_by=? WHERE ended_at IS NULL",
+            (at, BY_SERVER),
+        )
+        if cursor.rowcount:
+            logger.info("audience: %d watches ended by a restart", cursor.rowcount)
+        return cursor.rowcount
+
+    # reading: flushed first, so every number is the whole truth so far
+
+    def numbers(self, performance_ids: list[str]) -> dict[str, Numbers]:
+        if not performance_ids:
+            return {}
+        self.flush()
+        marks = ",".join("?" * len(performance_ids))
+        ids = tuple(performance_ids)
+        now = time.time()
+        totals = {
+            row["performance_id"]: row
+            for row in self._db.execute(
+                "SELECT performance_id, COUNT(*) AS visits,"
+                " COUNT(DISTINCT viewer) AS visitors,"
+                " SUM(ended_at IS NULL) AS watching,"
+                f" SUM({WATCHED}) AS watch_seconds,"
+                " SUM(ended_by IS 'viewer' AND ended_at - started_at < ?) AS nexted"
+                f" FROM watches WHERE performance_id IN ({marks})"
+                " GROUP BY performance_id",
+                (now, self.view_seconds, *ids),
+            )
+        }
+        views = self._views(f"performance_id IN ({marks})", ids, now)
+        peaks = {
+            row["performance_id"]: row["peak"]
+            for row in self._db.execute(
+                "SELECT performance_id, MAX(level) AS peak FROM ("
+                "  SELECT performance_id, SUM(step) OVER ("
+                "   PARTITION BY performance_id ORDER BY at, step"
+                "   ROWS UNBOUNDED PRECEDING) AS level FROM ("
+                "    SELECT performance_id, started_at AS at, 1 AS step FROM watches"
+                f"    WHERE performance_id IN ({marks})"
+                "    UNION ALL"
+                "    SELECT performance_id, ended_at, -1 FROM watches"
+                f"    WHERE performance_id IN ({marks}) AND ended_at IS NOT NULL"
+                "  )"
+                ") GROUP BY performance_id",
+                (*ids, *ids),
+            )
+        }
+        result = {}
+        for performance_id in performance_ids:
+            row = totals.get(performance_id)
+            if row is None:
+                result[performance_id] = Numbers()
+                continue
+            result[performance_id] = Numbers(
+                watching=row["watching"],
+                peak=peaks.get(performance_id, 0),
+                visits=row["visits"],
+                visitors=row["visitors"],
+                views=views.get(performance_id, 0),
+                nexted=row["nexted"],
+                watch_seconds=row["watch_seconds"] or 0.0,
+            )
+        return result
+
+    def stage_views(self, stage_id: str) -> int:
+        """All-time views of a stage: the sum over its performances."""
+        self.flush()
+        where = "performance_id IN (SELECT id FROM performances WHERE stage_id=?)"
+        return sum(self._views(where, (stage_id,), time.time()).values())
+
+    def _views(self, where: str, args: tuple, now: float) -> dict[str, int]:
+        """Distinct viewers per performance who watched at least `view_seconds` in all."""
+        rows = self._db.execute(
+            "SELECT performance_id, COUNT(*) AS views FROM ("
+            "  SELECT performance_id, viewer,"
+            f"  SUM({WATCHED}) AS watched"
+            f"  FROM watches WHERE {where} GROUP BY performance_id, viewer"
+            ") WHERE watched >= ? GROUP BY performance_id",
+            (now, *args, self.view_seconds),
+        ).fetchall()
+        return {row["performance_id"]: row["views"] for row in rows}
+
+    def watches(self, performance_id: str) -> list[Watch]:
+        self.flush()
+        rows = self._db.execute(
+            "SELECT id, viewer, started_at, ended_at, ended_by FROM watches"
+            " WHERE performance_id=? ORDER BY started_at, id",
+            (performance_id,),
+        ).fetchall()
+        return [Watch(**row) for row in rows]
+
+    def timeline(self, performance_id: str) -> list[tuple[float, int]]:
+        """Watching-now over a performance: (moment, count from then on), in order."""
+        steps = []
+        for watch in self.watches(performance_id):
+            steps.append((watch.started_at, 1))
+            if watch.ended_at is not None:
+                steps.append((watch.ended_at, -1))
+        steps.sort()  # at the same moment, a leave (-1) before a join (+1)
+        level, points = 0, []
+        for at, step in steps:
+            level += step
+            if points and points[-1][0] == at:
+                points[-1] = (at, level)
+            else:
+                points.append((at, level))
+        return points
