@@ -249,8 +249,8 @@ function detailRow(performance) {
 
   const caption = document.createElement('figcaption');
   const visitors = document.createElement('span');
-  visitors.textContent = performance.visitors === 1
-    ? "1 browser came" : `${performance.visitors} browsers came`
+  visitors.textContent = (performance.visitors === 1
+    ? '1 browser came' : `${performance.visitors} browsers came`)
     + (live ? `, ${performance.watching} watching now. ` : '. ');
   const csv = document.createElement('a');
   csv.className = 'export';
