@@ -193,11 +193,8 @@ async def test_slow_viewer_does_not_stall_others(server, new_stage):
     await publisher.stop()
 
 
-async def test_viewer_keyframe_requests_reach_the_publisher_coalesced(
-    server, new_stage
-):
-    stage = await new_stage()
-    publisher = await Publisher(server.base, stage["id"], stage["key"]).start()
+def keyframe_requests(publisher: Publisher) -> list[float]:
+    """When the publisher's video sender was asked for a keyframe (a PLI or FIR)."""
     requests = []
     for sender in publisher.pc.getSenders():
         if sender.track and sender.track.kind == "video":
@@ -208,6 +205,15 @@ async def test_viewer_keyframe_requests_reach_the_publisher_coalesced(
                 original()
 
             sender._send_keyframe = counted
+    return requests
+
+
+async def test_viewer_keyframe_requests_reach_the_publisher_coalesced(
+    server, new_stage
+):
+    stage = await new_stage()
+    publisher = await Publisher(server.base, stage["id"], stage["key"]).start()
+    requests = keyframe_requests(publisher)
     viewers = [await Viewer(server.base).start() for _ in range(3)]
     await asyncio.gather(*(v.wait_video(count=5) for v in viewers))
     await asyncio.sleep(1.5)
@@ -355,16 +361,7 @@ async def test_fifty_viewers_nexting_onto_one_stage_cause_few_keyframe_requests(
     target, source = await new_stage("Target"), await new_stage("Source")
     publisher = await Publisher(server.base, target["id"], target["key"]).start()
     other = await Publisher(server.base, source["id"], source["key"]).start(shade=200)
-    requests = []
-    for sender in publisher.pc.getSenders():
-        if sender.track and sender.track.kind == "video":
-            original = sender._send_keyframe
-
-            def counted(original=original):
-                requests.append(time.monotonic())
-                original()
-
-            sender._send_keyframe = counted
+    requests = keyframe_requests(publisher)
 
     # Existing viewers of the target stage, and 50 viewers on the other stage.
     audience = [await Viewer(server.base).start(stage_id=target["id"]) for _ in range(2)]
