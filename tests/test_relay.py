@@ -388,10 +388,14 @@ async def test_fifty_viewers_nexting_onto_one_stage_cause_few_keyframe_requests(
         v.frames["video"] - before[id(v)] for v in crowd
     ]
     assert len(requests) <= 3, f"{len(requests)} keyframe requests for 50 Nexts"
-    # The stage's own viewers kept a steady picture through it.
+    # The stage's own viewers kept their picture through it: as many frames in the
+    # two seconds after the storm as in the two before (this process decodes them,
+    # so the comparison, not an absolute rate, is what holds on a busy machine).
     for viewer in audience:
-        during = [t for t, _ in viewer.frames["video"] if storm <= t <= storm + took + 2]
-        assert len(during) > 30, f"an existing viewer got {len(during)} frames"
+        times = [t for t, _ in viewer.frames["video"]]
+        before = sum(1 for t in times if storm - 2 <= t < storm)
+        during = sum(1 for t in times if storm <= t < storm + 2)
+        assert during >= 0.7 * before > 0, f"frames before {before}, during {during}"
     print(f"50 Nexts in {took:.2f} s, {len(requests)} keyframe requests upstream")
     await asyncio.gather(*(v.stop() for v in crowd + audience))
     await publisher.stop()
