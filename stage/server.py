@@ -67,6 +67,7 @@ def create_app(settings: Settings) -> web.Application:
     api.add_routes(app.router)
     clips_api.add_routes(app.router)
     signalling.add_routes(app.router)
+    signalling.add_cors(app)
     pages.add_routes(app.router)
     app.router.add_static("/static/", WEB / "static", name="static")
     return app

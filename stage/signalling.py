@@ -30,6 +30,26 @@ CORS = {
     "Access-Control-Expose-Headers": "Location, Link",
     "Accept-Post": "application/sdp",
 }
+SIGNALLING_PATHS = ("/whip/", "/whep")
+
+
+def add_cors(app: web.Application) -> None:
+    """Every WHIP/WHEP response, refusals included, is readable by a page elsewhere.
+
+    Players run on other sites. Without Access-Control-Allow-Origin on a 4xx, the
+    browser hides the status and the JSON error from the page, which then sees only
+    "Failed to fetch" instead of "wrong key" or "not live, retry in 5 s".
+    """
+    app.on_response_prepare.append(_cors_headers)
+
+
+async def _cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    if not request.path.startswith(SIGNALLING_PATHS):
+        return
+    response.headers.setdefault("Access-Control-Allow-Origin", "*")
+    response.headers.setdefault(
+        "Access-Control-Expose-Headers", "Location, Link, Retry-After"
+    )
 
 
 def add_routes(router: web.UrlDispatcher) -> None:

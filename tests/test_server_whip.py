@@ -396,3 +396,30 @@ async def test_a_publisher_with_an_rsa_certificate_connects(
     viewer = closing(await Viewer(server.base).start())
     await viewer.wait_video(count=10, timeout=10)
     print(f"RSA publisher connected in {time.monotonic() - started:.2f} s")
+
+
+async def test_signalling_refusals_are_readable_by_pages_elsewhere(
+    server, http, new_stage
+):
+    """A player on another site must see "wrong key" or "not live, retry": every WHIP
+    and WHEP response, 4xx included, allows any origin and exposes Retry-After."""
+    stage = await new_stage()
+    refusals = [
+        ("POST", f"/whip/{stage['id']}", {"Authorization": "Bearer wrong"}, 401),
+        ("POST", "/whip/nosuchstage", {}, 404),
+        ("DELETE", f"/whip/{stage['id']}/publishers/gone", {}, 401),
+        ("PATCH", "/whep/viewers/gone", {}, 404),
+    ]
+    for method, path, headers, expected in refusals:
+        headers = {"Content-Type": "application/sdp", **headers}
+        async with http.request(
+            method, server.base + path, data="v=0\r\n", headers=headers
+        ) as response:
+            assert response.status == expected, (path, await response.text())
+            assert (await response.json())["error"]
+            assert response.headers.get("Access-Control-Allow-Origin") == "*", path
+            exposed = response.headers.get("Access-Control-Expose-Headers", "")
+            assert "Retry-After" in exposed, (path, exposed)
+    # The rest of the site keeps to itself: the dashboard API is not opened up.
+    async with http.get(f"{server.base}/api/stages") as response:
+        assert "Access-Control-Allow-Origin" not in response.headers
