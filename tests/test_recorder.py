@@ -146,3 +146,22 @@ async def test_recording_failure_warns_and_the_show_goes_on(
     await publisher.stop()
     performance = await wait_recording(http, server, stage, states=("failed",))
     assert performance["recording"]["state"] == "failed"
+
+
+async def test_a_short_show_is_still_recorded(server, new_stage, http):
+    # Frames wait up to 3 s for the publisher's sender reports before the recording
+    # starts; a show that ends sooner must still leave what it sent.
+    stage = await new_stage()
+    publisher = await Publisher(server.base, stage["id"], stage["key"]).start()
+    await asyncio.sleep(1.0)
+    await publisher.stop()
+    performance = await wait_recording(http, server, stage, states=("ready", "empty"))
+    assert performance["recording"]["state"] == "ready", performance
+    headers = {"Authorization": f"Bearer {stage['key']}"}
+    async with http.get(
+        server.base + performance["recording"]["url"], headers=headers
+    ) as r:
+        decoded = decode(await r.read())
+    assert (
+        decoded["counts"].get("video", 0) > 5 and decoded["counts"].get("audio", 0) > 10
+    ), decoded

@@ -167,8 +167,15 @@ class Recording:
         logger.warning("recording %s stopped: %s", self.live_path.name, reason)
         self._on_failure(reason)
 
+    def _has_media(self) -> bool:
+        return any(f.kind == "audio" or f.keyframe for f in self._pending)
+
     async def close(self) -> Finished:
         """Stop taking frames, finish the file off the event loop, say what is left."""
+        if self._writer is None and self.state == "recording" and self._has_media():
+            # A short show ended while its frames still waited for sender reports:
+            # write them on the clock we have rather than lose them.
+            self._start()
         if self.state == "recording":
             self.state = "finishing"
         writer, self._writer = self._writer, None

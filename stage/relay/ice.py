@@ -19,6 +19,7 @@ from ..errors import BadRequest, Unprocessable
 logger = logging.getLogger(__name__)
 
 _original_lookup = ice.get_host_addresses
+_original_request_received = ice.Connection.request_received
 _LOOPBACK = ("127.", "::1")
 _chosen: list[str] = []
 
@@ -28,6 +29,7 @@ def gather_on(addresses: tuple[str, ...]) -> None:
     _chosen[:] = addresses
     if not addresses:
         ice.get_host_addresses = _original_lookup
+        ice.Connection.request_received = _original_request_received
         return
 
     def lookup(use_ipv4: bool, use_ipv6: bool) -> list[str]:
@@ -36,7 +38,25 @@ def gather_on(addresses: tuple[str, ...]) -> None:
         ]
 
     ice.get_host_addresses = lookup
+    ice.Connection.request_received = _loopback_checks_only
     logger.info("ICE gathers on %s", ", ".join(addresses))
+
+
+def _only_loopback() -> bool:
+    return bool(_chosen) and all(a.startswith(_LOOPBACK) for a in _chosen)
+
+
+def _loopback_checks_only(connection, message, addr, protocol) -> None:
+    """Ignore connectivity checks from non-loopback addresses on a loopback-only server.
+
+    Dropping a peer's other candidates from its offer is not enough: libwebrtc checks
+    our 127.0.0.1 candidate from its LAN address too, and aioice would learn that
+    address as a peer-reflexive candidate and send media to it. Left unanswered, the
+    check fails and the pair from 127.0.0.1 is chosen.
+    """
+    if _only_loopback() and not addr[0].startswith(_LOOPBACK):
+        return
+    _original_request_received(connection, message, addr, protocol)
 
 
 def reachable(address: str) -> bool:
@@ -48,7 +68,7 @@ def reachable(address: str) -> bool:
     """
     if address.endswith(".local"):
         return False
-    only_loopback = bool(_chosen) and all(a.startswith(_LOOPBACK) for a in _chosen)
+    only_loopback = _only_loopback()
     return not only_loopback or address.startswith(_LOOPBACK)
 
 
