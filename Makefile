@@ -1,12 +1,13 @@
 # Two commands: `make run` starts Stage on http://127.0.0.1:8080/, `make test` runs
 # every test. Both set up .venv from requirements.txt first; `make test` also installs
-# Debian's chromium (browser tests) and ffmpeg (ffprobe checks of recordings) when missing.
+# Debian's chromium (browser tests) and ffmpeg (ffprobe checks of recordings) when missing,
+# and GStreamer with PyGObject for Debian's python3 (tests/test_gstreamer_whip.py).
 
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test chromium
+.PHONY: run test chromium gstreamer
 
 $(VENV)/installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,5 +22,16 @@ chromium:
 		apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium ffmpeg; }
 
-test: $(VENV)/installed chromium
+GSTREAMER_PACKAGES := python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 \
+	gir1.2-gst-plugins-bad-1.0 gir1.2-nice-0.1 gstreamer1.0-plugins-base \
+	gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-nice
+
+gstreamer:
+	@dpkg-query -W -f='$${Status}\n' $(GSTREAMER_PACKAGES) 2>/dev/null \
+		| grep -c '^install ok installed$$' | grep -qx $(words $(GSTREAMER_PACKAGES)) || { \
+		apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			$(GSTREAMER_PACKAGES); }
+
+test: $(VENV)/installed chromium gstreamer
 	$(PY) -m pytest $(ARGS)
