@@ -267,13 +267,49 @@ def ffprobe_frames(path: Path) -> dict:
 
 
 def ffmpeg_errors(path: Path) -> str:
+    """What a full decode by Debian's ffmpeg says at -v error, plus any DTS going back.
+
+    `-enc_time_base -1` keeps each stream's own time base on the way out. Without it
+    the ffmpeg CLI rescales a 30 fps stream's millisecond timestamps to 1/30 s for its
+    null output, and two frames 33 ms apart (say at 50 and 83 ms) can round to the
+    same tick there: it then reports "non monotonically increasing dts to muxer" about
+    its own output, for a file whose timestamps strictly increase. What the file holds
+    is checked directly instead, packet by packet.
+    """
     result = subprocess.run(
-        ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-f", "null", "-"],
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-v",
+            "error",
+            "-i",
+            str(path),
+            "-enc_time_base",
+            "-1",
+            "-f",
+            "null",
+            "-",
+        ],
         capture_output=True,
         text=True,
         timeout=300,
     )
-    return (result.stderr + ("" if result.returncode == 0 else " (failed)")).strip()
+    said = (result.stderr + ("" if result.returncode == 0 else " (failed)")).strip()
+    return "\n".join(filter(None, [said, dts_going_back(path)]))
+
+
+def dts_going_back(path: Path) -> str:
+    """Each stream's packets, in file order, must have strictly increasing DTS."""
+    last: dict[int, int] = {}
+    with av.open(str(path)) as container:
+        for packet in container.demux():
+            if packet.dts is None:
+                continue
+            index = packet.stream.index
+            if index in last and packet.dts <= last[index]:
+                return f"stream {index}: dts {packet.dts} after {last[index]}"
+            last[index] = packet.dts
+    return ""
 
 
 def assert_plays(checked: Checked, kinds=("audio", "video"), seconds=None) -> None:
