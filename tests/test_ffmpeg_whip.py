@@ -121,6 +121,36 @@ async def wait_for(predicate, what: str, timeout: float, log: Path | None = None
         await asyncio.sleep(0.05)
 
 
+async def download_recording(server, http, stage, path: Path, timeout=20) -> Path:
+    """Wait for the stage's newest recording to be ready, and save it at `path`."""
+
+    async def ready_recording():
+        async with http.get(
+            f"{server.base}/api/stages/{stage['id']}/performances",
+            headers={"Authorization": f"Bearer {stage['key']}"},
+        ) as response:
+            performances = (await response.json())["performances"]
+        recording = performances[0]["recording"] if performances else None
+        return recording if recording and recording["state"] == "ready" else None
+
+    try:
+        recording = await wait_for(ready_recording, "no ready recording", timeout)
+    except AssertionError as waited:
+        async with http.get(
+            f"{server.base}/api/stages/{stage['id']}/performances",
+            headers={"Authorization": f"Bearer {stage['key']}"},
+        ) as response:
+            performances = await response.text()
+        raise AssertionError(f"no ready recording: {performances}") from waited
+    async with http.get(
+        server.base + recording["url"],
+        headers={"Authorization": f"Bearer {stage['key']}"},
+    ) as response:
+        assert response.status == 200, response.status
+        path.write_bytes(await response.read())
+    return path
+
+
 def sps_profile_level_id(path: Path) -> str | None:
     """profile-level-id of the first SPS in a file's H.264 extradata or packets."""
     with av.open(str(path)) as container:
@@ -196,23 +226,7 @@ async def test_ffmpeg_publishes_h264_to_an_h264_viewer_and_the_recording(
     )
 
     # ffmpeg's DELETE ended the performance; its recording is Matroska and decodes.
-    async def ready_performance():
-        async with http.get(
-            f"{server.base}/api/stages/{stage['id']}/performances",
-            headers={"Authorization": f"Bearer {stage['key']}"},
-        ) as response:
-            performances = (await response.json())["performances"]
-        recording = performances[0]["recording"] if performances else None
-        return recording if recording and recording["state"] == "ready" else None
-
-    recording = await wait_for(ready_performance, "no ready recording", 20)
-    path = tmp_path / "recording.mkv"
-    async with http.get(
-        server.base + recording["url"],
-        headers={"Authorization": f"Bearer {stage['key']}"},
-    ) as response:
-        assert response.status == 200
-        path.write_bytes(await response.read())
+    path = await download_recording(server, http, stage, tmp_path / "recording.mkv")
     counts = decode_counts(path)
     assert counts["codecs"] == {"video": "h264", "audio": "opus"}, counts
     # ffmpeg sent about SECONDS at 30 fps: far more than half of it must decode.

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from stage.appkeys import VENUE
 from tests.peers import Viewer
-from tests.test_ffmpeg_whip import decode_counts, wait_for
+from tests.test_ffmpeg_whip import decode_counts, download_recording, wait_for
 from tests.test_server_contract import live_ids
 
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -212,23 +212,9 @@ async def test_gstreamer_publishes_with_its_rsa_certificate_to_a_viewer_and_the_
     assert set(re.findall(r"a=setup:(\w+)", answer)) == {"passive"}, answer
 
     # Its DELETE ended the performance; the recording is Matroska and decodes.
-    async def ready_performance():
-        async with http.get(
-            f"{server.base}/api/stages/{stage['id']}/performances",
-            headers={"Authorization": f"Bearer {stage['key']}"},
-        ) as response:
-            performances = (await response.json())["performances"]
-        recording = performances[0]["recording"] if performances else None
-        return recording if recording and recording["state"] == "ready" else None
-
-    recording = await wait_for(ready_performance, "no ready recording", 30)
-    path = tmp_path / "recording.mkv"
-    async with http.get(
-        server.base + recording["url"],
-        headers={"Authorization": f"Bearer {stage['key']}"},
-    ) as response:
-        assert response.status == 200
-        path.write_bytes(await response.read())
+    path = await download_recording(
+        server, http, stage, tmp_path / "recording.mkv", timeout=30
+    )
     counts = decode_counts(path)
     print(f"recording: {counts}")
     assert counts["codecs"] == {"video": "vp8", "audio": "opus"}, counts

@@ -23,7 +23,7 @@ from aiohttp import web
 from stage.appkeys import VENUE
 from tests.browser import launch_chromium, new_page
 from tests.peers import Publisher, Viewer
-from tests.test_ffmpeg_whip import decode_counts, wait_for
+from tests.test_ffmpeg_whip import decode_counts, download_recording, wait_for
 from tests.test_server_contract import live_ids
 
 NODE_DIR = Path(__file__).parent / "node"
@@ -135,34 +135,6 @@ def assert_stays_on_this_host(client: NodeClient, on_server: tuple[str, str]) ->
     assert pair["local"] == "127.0.0.1", pair
     assert on_server == ("127.0.0.1", "127.0.0.1"), on_server
     print(f"\nwrtc offered {offered}; wrtc pair {pair}; Stage's pair {on_server}")
-
-
-async def download_recording(server, http, stage, path: Path) -> Path:
-    async def ready_recording():
-        async with http.get(
-            f"{server.base}/api/stages/{stage['id']}/performances",
-            headers={"Authorization": f"Bearer {stage['key']}"},
-        ) as response:
-            performances = (await response.json())["performances"]
-        recording = performances[0]["recording"] if performances else None
-        return recording if recording and recording["state"] == "ready" else None
-
-    try:
-        recording = await wait_for(ready_recording, "no ready recording", 20)
-    except AssertionError as waited:
-        async with http.get(
-            f"{server.base}/api/stages/{stage['id']}/performances",
-            headers={"Authorization": f"Bearer {stage['key']}"},
-        ) as response:
-            performances = await response.text()
-        raise AssertionError(f"no ready recording: {performances}") from waited
-    async with http.get(
-        server.base + recording["url"],
-        headers={"Authorization": f"Bearer {stage['key']}"},
-    ) as response:
-        assert response.status == 200, response.status
-        path.write_bytes(await response.read())
-    return path
 
 
 async def test_roamhq_wrtc_publishes_to_a_viewer_and_the_recording(
