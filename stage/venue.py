@@ -244,7 +244,6 @@ class Venue:
             hub.subscribe(kind, recording)
         hub.want_keyframe()
         self.performances[hub.stage_id] = Performance(performance_id, recording)
-        hub.peak = hub.watching
         for viewer in hub.viewers:
             self._end_watch(viewer, BY_SHOW)
             self._start_watch(viewer, hub)

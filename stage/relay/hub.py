@@ -44,7 +44,6 @@ class StageHub:
         self.name = name
         self.publisher = publisher
         self.viewers: set = set()
-        self.peak = 0
         self._consumers: dict[str, set[Consumer]] = {"audio": set(), "video": set()}
         self._keyframe_wanted = False
         self._last_keyframe_request = 0.0

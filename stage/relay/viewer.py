@@ -282,7 +282,6 @@ class Viewer:
             return
         self.recent.append(hub.stage_id)
         hub.viewers.add(self)
-        hub.peak = max(hub.peak, hub.watching)
         for kind, track in self.tracks.items():
             hub.subscribe(kind, track)
         video = self.tracks.get("video")
