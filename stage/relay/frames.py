@@ -21,6 +21,7 @@ class MediaFrame:
         "size",
         "source",
         "arrival",
+        "payloads",
     )
 
     def __init__(
@@ -43,6 +44,8 @@ class MediaFrame:
         self.keyframe = keyframe
         self.size = size
         self.arrival = time.monotonic()
+        # RTP payloads, cut once when the first viewer sends the frame (packets.py).
+        self.payloads: list[bytes] | None = None
 
 
 def describe_video(codec: str, data: bytes) -> tuple[bool, tuple[int, int] | None]:

@@ -1,7 +1,7 @@
 """A viewer: one peer connection for the whole visit, fed from whichever stage it is on.
 
-Each outgoing track is a small queue of encoded frames. aiortc's sender takes them as
-packets and only packetizes (RELAY-NOTES.md). Moving to another stage (Next, or the
+Each outgoing track sends encoded frames through its own RTP outlet as they arrive
+(outlet.py); aiortc negotiates, encrypts and does RTCP around it. Moving to another stage (Next, or the
 performer leaving) re-points the tracks; outgoing timestamps carry on from where they
 were, so the viewer's jitter buffer sees one continuous stream.
 """
@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import fractions
 import logging
 import secrets
 import time
 
-import av
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
@@ -31,11 +29,13 @@ from .negotiation import (
     set_profile_level_id,
     take_dtls_server_role,
 )
+from .outlet import Outlet
 
 logger = logging.getLogger(__name__)
 
-# Frames a viewer may fall behind before it skips to the next keyframe (video) or
-# drops the oldest (audio): about a second either way.
+# Frames held for a viewer whose connection is not up yet (it is attached to a stage
+# as soon as it is answered): about a second either way; video then starts again on
+# a keyframe.
 QUEUE_LIMIT = {"video": 90, "audio": 50}
 # Replayed frames are put one clock tick apart, ending at "now": the browser decodes
 # them straight away and shows the newest, which is the publisher's current picture.
@@ -48,14 +48,22 @@ def _frame_step(kind: str) -> int:
 
 
 class ViewerTrack(MediaStreamTrack):
-    def __init__(self, kind: str, viewer: Viewer) -> None:
+    """One outgoing track: decides what to send and at which timestamp.
+
+    Frames go out through the track's outlet the moment the hub hands them over
+    (outlet.py); aiortc's sender only waits on `recv` to learn that the connection is
+    up, and keeps doing RTCP.
+    """
+
+    def __init__(self, kind: str, viewer: Viewer, outlet: Outlet) -> None:
         super().__init__()
         self.kind = kind
         self._viewer = viewer
+        self.outlet = outlet
         self._rate = CLOCK_RATES[kind]
-        self._time_base = fractions.Fraction(1, self._rate)
-        self._frames: collections.deque = collections.deque()
-        self._arrived = asyncio.Event()
+        self._waiting: collections.deque = collections.deque()
+        self._connected = False
+        self._stopped = asyncio.Event()
         self._source = None
         self._offset = 0
         self._last_pts: int | None = None
@@ -66,7 +74,7 @@ class ViewerTrack(MediaStreamTrack):
 
     def retarget(self) -> None:
         """Forget the current source: the next frame, from any source, re-anchors."""
-        self._frames.clear()
+        self._waiting.clear()
         self._source = None
         self._needs_keyframe = self.kind == "video"
 
@@ -86,21 +94,7 @@ class ViewerTrack(MediaStreamTrack):
                 self._viewer.want_keyframe()
                 return
             self._needs_keyframe = False
-
-        if len(self._frames) >= QUEUE_LIMIT[self.kind]:
-            self.dropped += len(self._frames)
-            if self.kind == "video":
-                # Too slow: skip ahead to the next picture that stands on its own.
-                self._frames.clear()
-                if not frame.keyframe:
-                    self._needs_keyframe = True
-                    self._viewer.want_keyframe()
-                    return
-            else:
-                self._frames.popleft()
-
-        self._frames.append((frame.data, frame.timestamp + self._offset))
-        self._arrived.set()
+        self._deliver(frame, frame.timestamp + self._offset)
 
     def replay(self, frames: list[MediaFrame]) -> None:
         """Start from a kept keyframe and the frames after it, squeezed in time."""
@@ -109,16 +103,16 @@ class ViewerTrack(MediaStreamTrack):
         count = len(frames)
         now = self._next_start(room=count * REPLAY_STEP)
         last = frames[-1]
-        self._frames.clear()
-        for i, frame in enumerate(frames):
-            self._frames.append((frame.data, now - (count - 1 - i) * REPLAY_STEP))
+        self._waiting.clear()
         # Live frames go on at the publisher's pace from where the newest kept frame
         # would be in real time (it arrived a moment ago), never before `now`.
         age = int((time.monotonic() - last.arrival) * self._rate)
         self._offset = max(now - age, now + 1 - _frame_step(self.kind)) - last.timestamp
         self._source = last.source
         self._needs_keyframe = False
-        self._arrived.set()
+        for i, frame in enumerate(frames):
+            if not self._deliver(frame, now - (count - 1 - i) * REPLAY_STEP):
+                break
 
     def _next_start(self, room: int = 1) -> int:
         """The outgoing timestamp of "now", at least `room` ticks past the last one.
@@ -136,26 +130,50 @@ class ViewerTrack(MediaStreamTrack):
     def _anchor(self, frame: MediaFrame) -> None:
         self._offset = self._next_start() - frame.timestamp
         self._source = frame.source
-        self._frames.clear()
+        self._waiting.clear()
 
-    async def recv(self) -> av.Packet:
-        while not self._frames:
-            if self.readyState != "live":
-                raise MediaStreamError
-            self._arrived.clear()
-            await self._arrived.wait()
-        data, pts = self._frames.popleft()
-        packet = av.Packet(data)
-        packet.pts = pts
-        packet.time_base = self._time_base
+    def _deliver(self, frame: MediaFrame, pts: int) -> bool:
+        """Send a frame now, or hold it until the connection is up."""
+        if not self._connected:
+            if len(self._waiting) >= QUEUE_LIMIT[self.kind]:
+                self.dropped += 1
+                self._waiting.popleft()
+                if self.kind == "video":
+                    # The oldest pictures are gone: start again on a keyframe.
+                    self._waiting.clear()
+                    self._needs_keyframe = not frame.keyframe
+                    if self._needs_keyframe:
+                        self._viewer.want_keyframe()
+                        return False
+            self._waiting.append((frame, pts))
+            return True
+        if not self.outlet.send(frame, pts):
+            # The link cannot take it (or the codec is not this viewer's): skip to the
+            # next picture that stands on its own.
+            self.dropped += 1
+            if self.kind == "video":
+                self._needs_keyframe = True
+                self._viewer.want_keyframe()
+            return False
         self._last_pts = pts
         self._last_sent = time.monotonic()
         self.forwarded += 1
-        return packet
+        return True
+
+    async def recv(self):
+        """Called by aiortc's sender once the connection is up; never yields a frame."""
+        if not self._connected:
+            self._connected = True
+            waiting, self._waiting = self._waiting, collections.deque()
+            for frame, pts in waiting:
+                if not self._deliver(frame, pts):
+                    break
+        await self._stopped.wait()
+        raise MediaStreamError
 
     def stop(self) -> None:
         super().stop()
-        self._arrived.set()
+        self._stopped.set()
 
 
 class Viewer:
@@ -239,7 +257,7 @@ class Viewer:
                     set_profile_level_id(transceiver, profile_level_id)
                     answered = profile_level_id
                 self.h264_profile = h264_profile(answered)
-            track = ViewerTrack(kind, self)
+            track = ViewerTrack(kind, self, Outlet(kind, transceiver))
             self.tracks[kind] = track
             sender = self.pc.addTrack(track)
             # In packet mode aiortc drops a viewer's PLI/FIR (it would only flag an
@@ -254,6 +272,8 @@ class Viewer:
         take_dtls_server_role(self.pc)
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
+        for track in self.tracks.values():
+            track.outlet.configure()
         return self.pc.localDescription.sdp
 
     def _listen_for_reports(self, sender) -> None:
