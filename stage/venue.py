@@ -425,13 +425,13 @@ class Venue:
         logger.info("viewer %s: left after %.1f s", viewer.id, watched)
 
     def _fits(self, viewer: Viewer, hub: StageHub) -> bool:
-        # A viewer's video sender speaks the one codec it negotiated; for H.264 also
-        # the one profile (B32).
+        # A viewer takes the video codecs its answer named; for H.264 only the one
+        # profile (B32).
         return (
             hub.video_codec is None
             or "video" not in viewer.tracks
             or (
-                hub.video_codec == viewer.video_codec
+                hub.video_codec in viewer.video_codecs
                 and (
                     hub.video_codec != "H264"
                     or h264_fits(hub.h264_profile_level_id, viewer.h264_profile)

@@ -81,6 +81,14 @@ class ToneTrack(MediaStreamTrack):
         return frame
 
 
+def only(transceiver, video_codec: str) -> None:
+    """Offer only `video_codec` (and RTX) on a video transceiver."""
+    codecs = RTCRtpReceiver.getCapabilities("video").codecs
+    transceiver.setCodecPreferences(
+        [c for c in codecs if c.mimeType in (f"video/{video_codec}", "video/rtx")]
+    )
+
+
 def new_pc() -> RTCPeerConnection:
     return RTCPeerConnection(RTCConfiguration(iceServers=[]))
 
@@ -99,8 +107,14 @@ class Publisher:
         self.pc = new_pc()
         self.location: str | None = None
 
-    async def start(self, audio=True, video=True, shade=0, tracks=()) -> Publisher:
-        """Publish a tone and a pattern, or the given `tracks` instead."""
+    async def start(
+        self, audio=True, video=True, shade=0, tracks=(), video_codec=None, size=None
+    ) -> Publisher:
+        """Publish a tone and a pattern, or the given `tracks` instead.
+
+        `video_codec` ("VP8" or "H264") offers only that codec for the pattern, and
+        `size` (width, height) sets the pattern's size.
+        """
         if tracks:
             for track in tracks:
                 self.pc.addTransceiver(track, direction="sendonly")
@@ -108,7 +122,11 @@ class Publisher:
             if audio:
                 self.pc.addTransceiver(ToneTrack(), direction="sendonly")
             if video:
-                self.pc.addTransceiver(PatternTrack(shade=shade), direction="sendonly")
+                width, height = size or (320, 240)
+                pattern = PatternTrack(width=width, height=height, shade=shade)
+                transceiver = self.pc.addTransceiver(pattern, direction="sendonly")
+                if video_codec:
+                    only(transceiver, video_codec)
         await self.pc.setLocalDescription(await self.pc.createOffer())
         async with aiohttp.ClientSession() as http:
             async with http.post(
@@ -157,14 +175,7 @@ class Viewer:
         if video:
             transceiver = self.pc.addTransceiver("video", direction="recvonly")
             if video_codec:
-                codecs = RTCRtpReceiver.getCapabilities("video").codecs
-                transceiver.setCodecPreferences(
-                    [
-                        c
-                        for c in codecs
-                        if c.mimeType in (f"video/{video_codec}", "video/rtx")
-                    ]
-                )
+                only(transceiver, video_codec)
         self.pc.on("track", self._on_track)
         await self.pc.setLocalDescription(await self.pc.createOffer())
         url = f"{self.base}/whep" + (f"/{stage_id}" if stage_id else "")

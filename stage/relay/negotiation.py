@@ -181,27 +181,53 @@ def narrow_codecs(
     Returns the chosen codec's name, or None when none of `names` was offered.
     With `h264_profile_level_id`, only H.264 that can carry that stream is taken.
     """
+    kept = keep_codecs(transceiver, names, h264_profile_level_id, limit=1)
+    return kept[0] if kept else None
+
+
+def keep_codecs(
+    transceiver: RTCRtpTransceiver,
+    names: tuple[str, ...],
+    h264_profile_level_id: str | None = None,
+    limit: int | None = None,
+) -> list[str]:
+    """Keep one offered codec per name in `names`, in that order, each with its RTX.
+
+    A viewer's answer names every video codec it may receive, so that the relay can
+    move it between a VP8 and an H.264 stage on the same connection (the payload
+    type says which codec a packet is). Returns the names kept, best first.
+    """
     codecs = transceiver._codecs
-    wanted_profile = h264_profile(h264_profile_level_id)
+    kept_codecs = []
+    kept_names: list[str] = []
     for name in names:
-        chosen = [c for c in codecs if c.name.lower() == name.lower()]
-        if name == "H264" and wanted_profile is not None:
-            # The stream's own profile first, else one that can decode it.
-            exact = [c for c in chosen if _profile_of(c) == wanted_profile]
-            chosen = exact or [
-                c for c in chosen if h264_fits(h264_profile_level_id, _profile_of(c))
-            ]
-        if chosen:
-            keep = chosen[0]
-            rtx = [
-                c
-                for c in codecs
-                if c.name.lower() == "rtx"
-                and c.parameters.get("apt") == keep.payloadType
-            ]
-            transceiver._codecs = [keep, *rtx]
-            return keep.name
-    return None
+        chosen = _best_offered(codecs, name, h264_profile_level_id)
+        if chosen is None:
+            continue
+        rtx = [
+            c
+            for c in codecs
+            if c.name.lower() == "rtx" and c.parameters.get("apt") == chosen.payloadType
+        ]
+        kept_codecs += [chosen, *rtx]
+        kept_names.append(chosen.name)
+        if limit is not None and len(kept_names) == limit:
+            break
+    if kept_codecs:
+        transceiver._codecs = kept_codecs
+    return kept_names
+
+
+def _best_offered(codecs, name: str, h264_profile_level_id: str | None):
+    chosen = [c for c in codecs if c.name.lower() == name.lower()]
+    wanted_profile = h264_profile(h264_profile_level_id)
+    if name == "H264" and wanted_profile is not None:
+        # The stream's own profile first, else one that can decode it.
+        exact = [c for c in chosen if _profile_of(c) == wanted_profile]
+        chosen = exact or [
+            c for c in chosen if h264_fits(h264_profile_level_id, _profile_of(c))
+        ]
+    return chosen[0] if chosen else None
 
 
 def _profile_of(codec):

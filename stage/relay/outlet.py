@@ -121,7 +121,13 @@ class Outlet:
                 0x90, marker | payload_type, seq, timestamp, self._ssrc
             )
             udp.sendto(protect(header + extensions + descriptor + payload), address)
-            history[seq % size] = (seq, marker | payload_type, timestamp, descriptor, payload)
+            history[seq % size] = (
+                seq,
+                marker | payload_type,
+                timestamp,
+                descriptor,
+                payload,
+            )
             octets += len(descriptor) + len(payload)
         self._counted(len(payloads), octets, timestamp)
         return True
@@ -141,7 +147,9 @@ class Outlet:
         elements = self._mid_element
         if self._abs_send_time_id:
             now = (clock.current_ntp_time() >> 14) & 0xFFFFFF
-            elements += bytes([self._abs_send_time_id << 4 | 2]) + now.to_bytes(3, "big")
+            elements += bytes([self._abs_send_time_id << 4 | 2]) + now.to_bytes(
+                3, "big"
+            )
         padding = -len(elements) % 4
         elements += b"\x00" * padding
         return b"\xbe\xde" + (len(elements) // 4).to_bytes(2, "big") + elements

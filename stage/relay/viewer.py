@@ -23,7 +23,7 @@ from .ice import reachable_candidates
 from .negotiation import (
     ACCEPTED,
     h264_profile,
-    narrow_codecs,
+    keep_codecs,
     parse_offer,
     peer_connection,
     set_profile_level_id,
@@ -186,13 +186,19 @@ class Viewer:
         self.tracks: dict[str, ViewerTrack] = {}
         self.hub = None
         self.recent: collections.deque[str] = collections.deque(maxlen=3)
-        self.video_codec: str | None = None
-        self.h264_profile = None  # the H.264 profile answered, when video is H.264
+        # Video codecs answered, the first preferred: the relay switches between them
+        # by payload type when the viewer moves to a stage sending another codec.
+        self.video_codecs: tuple[str, ...] = ()
+        self.h264_profile = None  # the H.264 profile answered, when H.264 is among them
         self.joined_at = time.monotonic()
         self.last_heard = self.joined_at
         self.gone = asyncio.Event()
         self.watch_id: int | None = None
         pc.on("connectionstatechange", self._on_state)
+
+    @property
+    def video_codec(self) -> str | None:
+        return self.video_codecs[0] if self.video_codecs else None
 
     @classmethod
     async def from_offer(
@@ -203,7 +209,7 @@ class Viewer:
         video_codec,
         h264_profile_level_id: str | None = None,
     ) -> tuple[Viewer, str]:
-        """Answer a viewer's offer, sending video in `video_codec` if it can take it.
+        """Answer a viewer's offer, preferring `video_codec` for video if it can take it.
 
         For H.264 the answer names `h264_profile_level_id`, the stage's stream (B32).
         """
@@ -244,14 +250,15 @@ class Viewer:
             if kind == "video" and video_codec:
                 preferred = (video_codec, *[c for c in preferred if c != video_codec])
             profile_level_id = h264_profile_level_id if kind == "video" else None
-            codec = narrow_codecs(transceiver, preferred, profile_level_id)
-            if codec is None:
+            codecs = keep_codecs(transceiver, preferred, profile_level_id)
+            if not codecs:
                 transceiver.direction = "inactive"
                 continue
             if kind == "video":
-                self.video_codec = codec
-            if codec == "H264":
-                answered = transceiver._codecs[0].parameters.get("profile-level-id")
+                self.video_codecs = tuple(codecs)
+            if "H264" in codecs:
+                h264 = next(c for c in transceiver._codecs if c.name == "H264")
+                answered = h264.parameters.get("profile-level-id")
                 if h264_profile(answered) == h264_profile(profile_level_id):
                     # Same profile: name the stream's own level too (B32).
                     set_profile_level_id(transceiver, profile_level_id)
