@@ -524,7 +524,7 @@ class LoopingAudioTrack(MediaStreamTrack):
             except StopIteration:
                 empty_passes += 1
                 if empty_passes > 2:
-                    raise MediaStreamError(f"{self._path} yields no audio")
+                    raise MediaStreamError(f"{self._path} yields no audio") from None
                 self._open()  # loop
                 continue
             frame.pts = None
