@@ -45,7 +45,7 @@ import aiohttp
 
 from stage.relay.ice import gather_on
 from tests.browser import launch_chromium, new_page
-from tests.peers import PatternTrack, Publisher, ToneTrack
+from tests.peers import PatternTrack, Publisher, ToneTrack, only
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -281,6 +281,7 @@ class Bench:
     def __init__(self, args) -> None:
         self.args = args
         self.sizes: dict[str, tuple[int, int]] = {}
+        self.codecs: dict[str, str] = {}
         self.names: dict[str, str] = {}
         self.next_samples: list[dict] = []
         self.fresh_samples: list[dict] = []
@@ -426,18 +427,23 @@ class Bench:
         publishers: list[Publisher] = []
         try:
             async with aiohttp.ClientSession() as http:
-                for name, width, height, shade in STAGES:
+                for index, (name, width, height, shade) in enumerate(STAGES):
                     stage = await create_stage(http, base, name)
                     publisher = Publisher(base, stage["id"], stage["key"])
                     publisher.pc.addTransceiver(ToneTrack(), direction="sendonly")
-                    publisher.pc.addTransceiver(
+                    video = publisher.pc.addTransceiver(
                         PatternTrack(width=width, height=height, shade=shade),
                         direction="sendonly",
                     )
+                    # With --h264 the second stage sends H.264, as OBS or ffmpeg
+                    # would: Next then crosses codecs on the same connection.
+                    codec = "H264" if self.args.h264 and index == 1 else "VP8"
+                    only(video, codec)
                     await publisher.start(audio=False, video=False)
                     publishers.append(publisher)
                     self.sizes[stage["id"]] = (width, height)
                     self.names[stage["id"]] = name
+                    self.codecs[stage["id"]] = codec
             async with launch_chromium(None) as browser:
                 page = await new_page(browser)
                 await page.add_init_script(PROBE)
@@ -608,6 +614,11 @@ def report(bench: Bench, run: dict, args) -> dict:
         },
     }
     drift = rtp_drift(bench.next_samples)
+    transitions: dict[str, list[float]] = {}
+    for sample in bench.next_samples:
+        key = f"{bench.codecs.get(sample['from'], '?')}->{bench.codecs[sample['to']]}"
+        transitions.setdefault(key, []).append(sample["ms"])
+    by_codec = {key: summarise(values) for key, values in sorted(transitions.items())}
     keep_phases = phase_medians(
         bench.next_samples, ("request_sent", "answered", "received")
     )
@@ -644,6 +655,13 @@ def report(bench: Bench, run: dict, args) -> dict:
         "   (ms from press / from start of the new connection to the first presented"
         " frame)"
     )
+    if len(by_codec) > 1:
+        print("keep-connection by codec, from -> to (ms):")
+        for key, row in by_codec.items():
+            print(
+                f"  {key:10s} n {row['n']:3d}  p50 {ms(row['p50'])}  "
+                f"p95 {ms(row['p95'])}  max {ms(row['max'])}"
+            )
     if keep_phases:
         print(
             "keep-connection medians from the press (ms): POST .../next "
@@ -700,10 +718,15 @@ def report(bench: Bench, run: dict, args) -> dict:
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "args": vars(args),
         "stages": {
-            sid: {"name": bench.names[sid], "size": list(size)}
+            sid: {
+                "name": bench.names[sid],
+                "size": list(size),
+                "codec": bench.codecs.get(sid),
+            }
             for sid, size in bench.sizes.items()
         },
         "summary": rows,
+        "keep_by_codec": by_codec,
         "ratio_keep_over_fresh": ratios,
         "keep_phase_medians_ms": keep_phases,
         "keep_rtp_drift": drift,
@@ -731,6 +754,11 @@ def main() -> None:
         help="seconds from the start after which no new measurement starts",
     )
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--h264",
+        action="store_true",
+        help="the second stage publishes H.264, so Next crosses codecs",
+    )
     args = parser.parse_args()
 
     bench = Bench(args)
