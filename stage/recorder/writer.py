@@ -10,9 +10,9 @@ hits is reported back once, and the thread then stops taking packets.
 
 from __future__ import annotations
 
+import collections
 import fractions
 import logging
-import collections
 import threading
 from collections.abc import Callable
 from pathlib import Path

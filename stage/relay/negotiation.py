@@ -11,6 +11,7 @@ import re
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpTransceiver
 from aiortc import sdp as aiortc_sdp
+from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters
 from aiortc.sdp import H264Profile
 
 from ..errors import BadRequest
@@ -233,3 +234,25 @@ def _best_offered(codecs, name: str, h264_profile_level_id: str | None):
 def _profile_of(codec):
     # No profile-level-id means Constrained Baseline level 3.1 (what aiortc assumes).
     return h264_profile(codec.parameters.get("profile-level-id", "42e01f"))
+
+
+PLAYOUT_DELAY_URI = "http://www.webrtc.org/experiments/rtp-hdrext/playout-delay"
+
+
+def answer_playout_delay(pc: RTCPeerConnection, transceiver) -> None:
+    """Answer the playout-delay header extension when the offer has it (video only).
+
+    aiortc answers only the extensions it implements; the viewer's outlet writes this
+    one itself (outlet.py). Ids above 14 need the two-byte header form, which the
+    outlet does not write, so those are left unanswered.
+    """
+    offer = aiortc_sdp.SessionDescription.parse(pc.remoteDescription.sdp)
+    for media in offer.media:
+        if media.kind != "video" or media.rtp.muxId != transceiver.mid:
+            continue
+        for extension in media.rtp.headerExtensions:
+            if extension.uri == PLAYOUT_DELAY_URI and 1 <= extension.id <= 14:
+                transceiver._headerExtensions.append(
+                    RTCRtpHeaderExtensionParameters(id=extension.id, uri=extension.uri)
+                )
+

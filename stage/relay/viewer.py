@@ -22,6 +22,7 @@ from .frames import CLOCK_RATES, MediaFrame
 from .ice import reachable_candidates
 from .negotiation import (
     ACCEPTED,
+    answer_playout_delay,
     h264_profile,
     keep_codecs,
     parse_offer,
@@ -34,9 +35,11 @@ from .outlet import Outlet
 logger = logging.getLogger(__name__)
 
 # Frames held for a viewer whose connection is not up yet (it is attached to a stage
-# as soon as it is answered): about a second either way; video then starts again on
-# a keyframe.
-QUEUE_LIMIT = {"video": 90, "audio": 50}
+# as soon as it is answered). Video: about a second, then it starts again on a
+# keyframe. Audio: 60 ms. Audio sent in a burst stays in the browser's audio buffer
+# as delay, and since video is shown at once (outlet.py, playout delay 0) that delay
+# would be the lip-sync error for the whole visit.
+QUEUE_LIMIT = {"video": 90, "audio": 3}
 # Replayed frames are put one clock tick apart, ending at "now": the browser decodes
 # them straight away and shows the newest, which is the publisher's current picture.
 REPLAY_STEP = 1
@@ -256,6 +259,7 @@ class Viewer:
                 continue
             if kind == "video":
                 self.video_codecs = tuple(codecs)
+                answer_playout_delay(self.pc, transceiver)
             if "H264" in codecs:
                 h264 = next(c for c in transceiver._codecs if c.name == "H264")
                 answered = h264.parameters.get("profile-level-id")
