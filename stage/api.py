@@ -75,7 +75,9 @@ async def create_stage(request: web.Request) -> web.Response:
 
 
 async def live_stages(request: web.Request) -> web.Response:
-    hubs = request.app[VENUE].hubs.values()
+    venue = request.app[VENUE]
+    # A stage held for its performer to reconnect is not offered to newcomers.
+    hubs = [h for h in venue.hubs.values() if not venue.reconnecting(h.stage_id)]
     stages = [
         {"id": h.stage_id, "name": h.name, "live": True, "viewers": h.watching}
         for h in sorted(hubs, key=lambda h: h.name.lower())
@@ -86,10 +88,13 @@ async def live_stages(request: web.Request) -> web.Response:
 def stage_summary(app: web.Application, stage: StageRecord) -> dict:
     venue = app[VENUE]
     hub = venue.hubs.get(stage.id)
+    reconnecting = venue.reconnecting(stage.id)
     return {
         "id": stage.id,
         "name": stage.name,
-        "live": hub is not None,
+        # Held for its performer to come back, a stage is not live (README.md).
+        "live": hub is not None and not reconnecting,
+        "reconnecting": reconnecting,
         "viewers": hub.watching if hub else 0,
         "views": venue.audience.stage_views(stage.id),
         "recording": venue.recording_state(stage.id),

@@ -159,16 +159,26 @@ async def watch(request: web.Request) -> web.Response:
     return response
 
 
-def viewer_summary(viewer) -> dict:
+def viewer_summary(venue, viewer) -> dict:
     hub = viewer.hub
     if hub is None:
         return {"stage": None}
-    return {"stage": {"id": hub.stage_id, "name": hub.name, "viewers": hub.watching}}
+    return {
+        "stage": {
+            "id": hub.stage_id,
+            "name": hub.name,
+            "viewers": hub.watching,
+            # The performer was lost and the stage waits for them: the picture is
+            # frozen until they are back, or the viewer is moved on.
+            "reconnecting": venue.reconnecting(hub.stage_id),
+        }
+    }
 
 
 async def show_viewer(request: web.Request) -> web.Response:
-    viewer = request.app[VENUE].viewer(request.match_info["viewer"])
-    return web.json_response(viewer_summary(viewer))
+    venue = request.app[VENUE]
+    viewer = venue.viewer(request.match_info["viewer"])
+    return web.json_response(viewer_summary(venue, viewer))
 
 
 async def viewer_events(request: web.Request) -> web.StreamResponse:
@@ -178,14 +188,15 @@ async def viewer_events(request: web.Request) -> web.StreamResponse:
     # The venue notifies a viewer's topic when its stage changes and when the count
     # on that stage does.
     return await send_events(
-        request, ("viewer", viewer.id), lambda: viewer_summary(viewer)
+        request, ("viewer", viewer.id), lambda: viewer_summary(venue, viewer)
     )
 
 
 async def next_stage(request: web.Request) -> web.Response:
     venue = request.app[VENUE]
     venue.next(request.match_info["viewer"])
-    return web.json_response(viewer_summary(venue.viewer(request.match_info["viewer"])))
+    viewer = venue.viewer(request.match_info["viewer"])
+    return web.json_response(viewer_summary(venue, viewer))
 
 
 async def leave(request: web.Request) -> web.Response:

@@ -8,6 +8,7 @@ loop; nothing here touches a media packet.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from datetime import UTC, datetime
@@ -29,11 +30,20 @@ logger = logging.getLogger(__name__)
 
 # A publisher or viewer whose connection is not up by then is given up on.
 CONNECT_TIMEOUT = 30.0
-# A live publisher that sends nothing for this long is taken to be gone: ICE consent
-# would only notice after about 30 s, leaving viewers on a frozen picture meanwhile.
-SILENCE_TIMEOUT = 5.0
-# How long a stage whose publisher dropped without a goodbye waits for it to return.
-RECONNECT_GRACE = 5.0
+# A live publisher that sends nothing for this long is taken to be lost (an encoder
+# killed outright says no goodbye, and ICE consent would only notice after about
+# 30 s): its stage is held, below, and its viewers are told.
+QUIET_AFTER = 2.0
+# A publisher lost without a WHIP DELETE (its connection closed, or its media went
+# quiet) may be a page reload or an encoder restart: its stage is held for the same
+# key to publish again until this long after the last frame it received. Held, it is
+# offered to no newcomer and its viewers stay on the frozen picture.
+RECONNECT_WINDOW = 10.0
+# A publish with the same key that arrived within the window but is still connecting
+# (an encoder's DTLS takes about a second) is waited for at most this much longer.
+HANDOVER_GRACE = 5.0
+# How often a live publisher's media is checked for quiet, and a held stage for news.
+WATCH_INTERVAL = 0.25
 # A viewer that sends no RTCP for this long is taken to be gone (rather than waiting
 # some 30 s for ICE consent to expire).
 VIEWER_SILENCE_TIMEOUT = 6.0
@@ -71,6 +81,8 @@ class Venue:
         self.performances: dict[str, Performance] = {}  # by stage id
         self.publishers: dict[str, Publisher] = {}  # every publisher not yet gone
         self.viewers: dict[str, Viewer] = {}
+        # Stages whose publisher was lost, held for the same key (by stage id).
+        self.held: set[str] = set()
         self._tasks: set[asyncio.Task] = set()
 
     # publishing
@@ -100,32 +112,37 @@ class Venue:
         return publisher
 
     async def _run_publisher(self, stage: StageRecord, publisher: Publisher) -> None:
-        silent = False
         try:
-            connected = asyncio.ensure_future(publisher.connected.wait())
-            gone = asyncio.ensure_future(publisher.gone.wait())
-            await asyncio.wait(
-                {connected, gone},
-                timeout=CONNECT_TIMEOUT,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            connected.cancel()
-            if publisher.connected.is_set() and not publisher.gone.is_set():
-                self._go_live(stage, publisher)
-                silent = await self._watch_for_silence(publisher, gone)
-                gone.cancel()
-            else:
-                gone.cancel()
+            if not await self._connects(publisher):
                 logger.info(
                     "stage %s: publisher %s never connected", stage.id, publisher.id
                 )
+                return
+            hub = self._go_live(stage, publisher)
+            # A publisher whose media only paused may be lost and back more than once.
+            while await self._until_lost(hub, publisher):
+                if not await self._hold(hub, publisher):
+                    break
         finally:
-            # A connection that dropped without a goodbye may be a page reload or an
-            # encoder restart: hold the stage a moment for the same key to come back.
-            # Silence has been waited out already, and a DELETE means it.
-            await self._publisher_gone(publisher, hold=not silent)
+            self.publishers.pop(publisher.id, None)
+            await publisher.close()
+            hub = self.hubs.get(publisher.stage_id)
+            if hub is not None and hub.publisher is publisher:
+                await self.end_stage(hub)
 
-    def _go_live(self, stage: StageRecord, publisher: Publisher) -> None:
+    async def _connects(self, publisher: Publisher) -> bool:
+        connected = asyncio.ensure_future(publisher.connected.wait())
+        gone = asyncio.ensure_future(publisher.gone.wait())
+        await asyncio.wait(
+            {connected, gone},
+            timeout=CONNECT_TIMEOUT,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        connected.cancel()
+        gone.cancel()
+        return publisher.connected.is_set() and not publisher.gone.is_set()
+
+    def _go_live(self, stage: StageRecord, publisher: Publisher) -> StageHub:
         hub = self.hubs.get(stage.id)
         if hub is None:
             hub = StageHub(stage.id, stage.name, publisher)
@@ -136,6 +153,7 @@ class Venue:
             # restart): the new publisher takes over, viewers stay, and the old
             # connection's performance ends so that each recording has one source.
             old = hub.replace_publisher(publisher)
+            self.held.discard(stage.id)
             logger.info(
                 "stage %s: publisher %s replaced by %s", stage.id, old.id, publisher.id
             )
@@ -145,41 +163,84 @@ class Venue:
             self._spawn(old.close())
         self._start_performance(hub)
         self._seat_waiting_viewers(hub)
-        self.bulletin.notify(("stage", stage.id))
+        self._announce(hub)
+        return hub
 
-    async def _watch_for_silence(
-        self, publisher: Publisher, gone: asyncio.Future
-    ) -> bool:
-        """Wait until the publisher is gone; True if it went silent rather than away."""
-        while not gone.done():
-            await asyncio.wait({gone}, timeout=1.0)
-            hub = self.hubs.get(publisher.stage_id)
-            if hub is None or hub.publisher is not publisher:
-                return False
-            silent = time.monotonic() - hub.last_frame_at
-            if silent > SILENCE_TIMEOUT:
+    def _feeds(self, hub: StageHub, publisher: Publisher) -> bool:
+        """Whether the publisher is still the one its live stage takes frames from."""
+        return self.hubs.get(hub.stage_id) is hub and hub.publisher is publisher
+
+    async def _until_lost(self, hub: StageHub, publisher: Publisher) -> bool:
+        """Wait while the publisher feeds its stage; True once it is lost.
+
+        Lost: its connection went without a WHIP DELETE, or its media went quiet.
+        False when it stopped feeding the stage otherwise (a DELETE, a new key, or
+        another connection with the same key took over).
+        """
+        while self._feeds(hub, publisher):
+            if publisher.gone.is_set():
+                return not publisher.said_goodbye
+            quiet = time.monotonic() - hub.last_frame_at
+            if quiet > QUIET_AFTER:
                 logger.info(
-                    "stage %s: no media for %.0f s, ending", hub.stage_id, silent
+                    "stage %s: no media from publisher %s for %.1f s",
+                    hub.stage_id,
+                    publisher.id,
+                    quiet,
                 )
                 return True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(publisher.gone.wait(), WATCH_INTERVAL)
         return False
 
-    async def _publisher_gone(self, publisher: Publisher, hold: bool) -> None:
-        self.publishers.pop(publisher.id, None)
-        await publisher.close()
-        hub = self.hubs.get(publisher.stage_id)
-        if hub is None or hub.publisher is not publisher:
-            return
-        if hold and not publisher.said_goodbye:
-            logger.info(
-                "stage %s: publisher %s dropped, holding", hub.stage_id, publisher.id
-            )
-            deadline = time.monotonic() + RECONNECT_GRACE
-            while time.monotonic() < deadline and hub.publisher is publisher:
-                await asyncio.sleep(0.1)
-            if hub.publisher is not publisher:
-                return
-        await self.end_stage(hub)
+    async def _hold(self, hub: StageHub, publisher: Publisher) -> bool:
+        """Hold the stage of a lost publisher; True if its media came back.
+
+        The stage is offered to nobody meanwhile and its viewers are told. The hold
+        also ends when another publish with the same key takes over (`_go_live`), or
+        when the window has passed (False: the caller ends the stage).
+        """
+        lost_at = hub.last_frame_at
+        self.held.add(hub.stage_id)
+        self._announce(hub)
+        logger.info(
+            "stage %s: publisher %s lost, holding the stage for the same key",
+            hub.stage_id,
+            publisher.id,
+        )
+        while self._feeds(hub, publisher):
+            if hub.last_frame_at > lost_at and not publisher.gone.is_set():
+                logger.info(
+                    "stage %s: publisher %s is sending again",
+                    hub.stage_id,
+                    publisher.id,
+                )
+                self.held.discard(hub.stage_id)
+                self._seat_waiting_viewers(hub)
+                self._announce(hub)
+                return True
+            waited = time.monotonic() - lost_at
+            late = RECONNECT_WINDOW + (HANDOVER_GRACE if self._arriving(hub) else 0)
+            if waited > late:
+                logger.info(
+                    "stage %s: nobody came back within %.1f s", hub.stage_id, waited
+                )
+                return False
+            await asyncio.sleep(WATCH_INTERVAL)
+        return False
+
+    def _arriving(self, hub: StageHub) -> bool:
+        """Whether another publish with the stage's key is connecting to take over."""
+        return any(
+            p.stage_id == hub.stage_id
+            and p is not hub.publisher
+            and not p.gone.is_set()
+            for p in self.publishers.values()
+        )
+
+    def reconnecting(self, stage_id: str) -> bool:
+        """Whether the stage is held for its performer to come back."""
+        return stage_id in self.held
 
     async def unpublish(self, stage_id: str, publisher_id: str) -> None:
         publisher = self.publishers.get(publisher_id)
@@ -200,6 +261,8 @@ class Venue:
         if hub is not None and hub.publisher not in ended:
             ended.append(hub.publisher)
         for publisher in ended:
+            # Its owner ended it: nothing to hold the stage for.
+            publisher.said_goodbye = True
             await publisher.close()
         if hub is not None:
             await self.end_stage(hub)
@@ -209,6 +272,7 @@ class Venue:
         if self.hubs.get(hub.stage_id) is not hub:
             return
         del self.hubs[hub.stage_id]
+        self.held.discard(hub.stage_id)
         hub.end()
         logger.info("stage %s: ended, moving %d viewers on", hub.stage_id, hub.watching)
         for viewer in list(hub.viewers):
@@ -354,8 +418,13 @@ class Venue:
                 raise Conflict(
                     "This stage is not live right now.", retry_after=RETRY_AFTER
                 )
+            if not self._offered(hub):
+                raise Conflict(
+                    "This stage's performer is reconnecting. Try again in a moment.",
+                    retry_after=RETRY_AFTER,
+                )
         else:
-            hub = roulette.choose(list(self.hubs.values()))
+            hub = roulette.choose([h for h in self.hubs.values() if self._offered(h)])
             if hub is None:
                 raise Conflict("Nobody is on stage right now.", retry_after=RETRY_AFTER)
         await hub.publisher.h264_described(SPS_WAIT)
@@ -368,7 +437,7 @@ class Venue:
         )
         viewer.answer = answer
         self.viewers[viewer.id] = viewer
-        if hub.ended or not self._fits(viewer, hub):
+        if not self._offered(hub) or not self._fits(viewer, hub):
             hub = self._choose(viewer)
         self._move(viewer, hub)
         self._spawn(self._run_viewer(viewer))
@@ -439,8 +508,14 @@ class Venue:
             )
         )
 
+    def _offered(self, hub: StageHub) -> bool:
+        # A held stage shows a frozen picture: newcomers and Next go elsewhere.
+        return not hub.ended and hub.stage_id not in self.held
+
     def _choose(self, viewer: Viewer, exclude: str | None = None) -> StageHub | None:
-        candidates = [h for h in self.hubs.values() if self._fits(viewer, h)]
+        candidates = [
+            h for h in self.hubs.values() if self._offered(h) and self._fits(viewer, h)
+        ]
         return roulette.choose(candidates, current=exclude, recent=tuple(viewer.recent))
 
     def _move(

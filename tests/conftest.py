@@ -47,3 +47,13 @@ def new_stage(server, http):
             return await response.json()
 
     return create
+
+
+@pytest.fixture(scope="session")
+def ffmpeg() -> str:
+    """The static ffmpeg of the imageio-ffmpeg wheel: it has the WHIP muxer."""
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        pytest.fail("imageio-ffmpeg is not installed (see requirements.txt)")
+    return imageio_ffmpeg.get_ffmpeg_exe()

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import av
-import pytest
 
 from stage.appkeys import VENUE
 from tests.peers import Viewer
@@ -26,18 +25,11 @@ from tests.test_server_contract import live_ids
 SECONDS = 8
 
 
-@pytest.fixture(scope="session")
-def ffmpeg() -> str:
-    try:
-        import imageio_ffmpeg
-    except ImportError:
-        pytest.fail("imageio-ffmpeg is not installed (see requirements.txt)")
-    return imageio_ffmpeg.get_ffmpeg_exe()
-
-
 @contextlib.asynccontextmanager
-async def ffmpeg_publishing(ffmpeg, media, url: str, key: str, log: Path):
-    """ffmpeg publishing for SECONDS; killed on the way out if it is still running."""
+async def ffmpeg_publishing(
+    ffmpeg, media, url: str, key: str, log: Path, seconds: float = SECONDS
+):
+    """ffmpeg publishing for `seconds`; killed on the way out if it is still running."""
     command = [
         ffmpeg,
         "-hide_banner",
@@ -59,7 +51,7 @@ async def ffmpeg_publishing(ffmpeg, media, url: str, key: str, log: Path):
         "-map",
         "1:a",
         "-t",
-        str(SECONDS),
+        str(seconds),
         "-c:v",
         "libx264",
         "-profile:v",
