@@ -138,8 +138,11 @@ rotateButton.addEventListener('click', async () => {
 function showStage(stage) {
   nameHeading.textContent = stage.name;
   document.title = `${stage.name} — Stage dashboard`;
-  liveCell.textContent = stage.live ? 'Live' : 'Off air';
-  liveCell.dataset.state = stage.live ? 'live' : 'off';
+  // A stage held for its performer to come back is not live, not off air.
+  const now = stage.live ? 'live' : stage.reconnecting ? 'reconnecting' : 'off';
+  const words = { live: 'Live', reconnecting: 'Reconnecting…', off: 'Off air' };
+  liveCell.textContent = words[now];
+  liveCell.dataset.state = now;
   viewersCell.textContent = String(stage.viewers ?? 0);
   viewsCell.textContent = String(stage.views ?? 0);
 }

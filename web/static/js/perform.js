@@ -439,7 +439,7 @@ function showRecording(recording) {
 
 // Leaving the page mid-show does not end it at once: this may be a reload,
 // which comes back on air by itself. A tab that is really closed stops
-// sending, and the server ends the show a few seconds later.
+// sending, and the server ends the show about ten seconds later.
 window.addEventListener('pagehide', () => {
   if (live && performer) {
     sessionStorage.setItem(RESUME_KEY, performer.id);

@@ -13,10 +13,14 @@ const NO_VIDEO_AFTER_MS = 2000;
 const FRAME_GAP_MS = 1500;
 const VIDEO_CHECK_MS = 250;
 const NOTICE_MS = 3000;
+// After the performer is back, how long the reconnecting notice waits for
+// their new picture at most.
+const BACK_WAIT_MS = 3000;
 
 const player = byId('player');
 const screen = byId('screen');
 const waiting = byId('waiting');
+const reconnecting = byId('reconnecting');
 const connecting = byId('connecting');
 const audioOnly = byId('audio-only');
 const audioOnlyName = byId('audio-only-name');
@@ -51,6 +55,9 @@ let switchedAt = performance.now();
 let framesPc = null;
 let lastFrames = null;
 let lastFrameAt = -Infinity;
+// When the server said the lost performer is back (null: not waiting for
+// their new picture).
+let backAt = null;
 
 async function start() {
   const run = ++generation;
@@ -239,6 +246,8 @@ function setStage(stage) {
     show(waiting, true);
     show(liveBadge, false);
     show(audioOnly, false);
+    show(reconnecting, false);
+    backAt = null;
     stageName.textContent = '';
     watching.textContent = '0';
     document.title = 'Watch — Stage';
@@ -247,8 +256,9 @@ function setStage(stage) {
 
   screen.classList.remove('is-waiting');
   show(waiting, false);
-  show(liveBadge, true);
+  show(liveBadge, !stage.reconnecting);
   watching.textContent = String(stage.viewers ?? 0);
+  showHold(stage, previous);
   if (stage.id !== previous?.id) {
     stageSwitched();
     // The name follows the picture: it changes when the first frame after
@@ -260,6 +270,25 @@ function setStage(stage) {
     });
   } else {
     nameStage(stage);
+  }
+}
+
+// The server holds a stage whose performer was lost (a reload, an encoder
+// restart) for a few seconds: their last picture stays on screen under a
+// notice. When they are back the notice stays until their new picture is
+// decoded; if they are not, the server moves this viewer on.
+function showHold(stage, previous) {
+  const sameStage = stage.id === previous?.id;
+  if (stage.reconnecting) {
+    backAt = null;
+    show(reconnecting, true);
+    show(audioOnly, false);
+  } else if (sameStage && previous.reconnecting) {
+    backAt = performance.now();
+    switchedAt = backAt;
+  } else if (!sameStage) {
+    backAt = null;
+    show(reconnecting, false);
   }
 }
 
@@ -386,10 +415,15 @@ async function checkVideo() {
   if (fresh) {
     screen.classList.remove('is-switching');
   }
+  if (backAt !== null && (fresh || now - backAt >= BACK_WAIT_MS)) {
+    backAt = null;
+    show(reconnecting, false);
+  }
 
+  const held = Boolean(state.stage?.reconnecting) || backAt !== null;
   const recent = frames === null || now - lastFrameAt < FRAME_GAP_MS;
   const noVideo = player.videoWidth === 0 || !recent;
-  show(audioOnly, noVideo && now - switchedAt >= NO_VIDEO_AFTER_MS);
+  show(audioOnly, !held && noVideo && now - switchedAt >= NO_VIDEO_AFTER_MS);
 }
 
 async function framesDecoded(pc) {
