@@ -55,12 +55,13 @@ class PatternTrack(MediaStreamTrack):
 
 
 class ToneTrack(MediaStreamTrack):
-    """A 440 Hz tone in 20 ms frames, paced in real time."""
+    """A steady tone (440 Hz unless told) in 20 ms frames, paced in real time."""
 
     kind = "audio"
 
-    def __init__(self) -> None:
+    def __init__(self, frequency: float = 440.0) -> None:
         super().__init__()
+        self.frequency = frequency
         self._count = 0
         self._start = None
 
@@ -70,7 +71,9 @@ class ToneTrack(MediaStreamTrack):
         due = self._start + self._count * 0.02
         await asyncio.sleep(max(0, due - time.monotonic()))
         t = (numpy.arange(960) + self._count * 960) / 48000
-        samples = (numpy.sin(2 * numpy.pi * 440 * t) * 8000).astype(numpy.int16)
+        samples = (numpy.sin(2 * numpy.pi * self.frequency * t) * 8000).astype(
+            numpy.int16
+        )
         frame = av.AudioFrame.from_ndarray(
             samples.reshape(1, -1), format="s16", layout="mono"
         )
