@@ -45,6 +45,8 @@ let retryTimer = null;
 let disconnectedTimer = null;
 let nextInFlight = false;
 let noticeTimer = null;
+// The stage whose name the page shows (it lags state.stage until the picture).
+let namedId = null;
 
 // Each start() bumps the generation; callbacks of an older peer connection
 // compare it and stay quiet, so a late answer cannot undo a newer visit.
@@ -248,6 +250,7 @@ function setStage(stage) {
     show(audioOnly, false);
     show(reconnecting, false);
     backAt = null;
+    namedId = null;
     stageName.textContent = '';
     watching.textContent = '0';
     document.title = 'Watch — Stage';
@@ -265,10 +268,12 @@ function setStage(stage) {
     // the switch is shown, not when the server answers.
     whenPictureArrives(() => {
       if (state.stage?.id === stage.id) {
-        nameStage(stage);
+        nameStage(state.stage);
       }
     });
-  } else {
+  } else if (namedId === stage.id) {
+    // News about the stage already named (its count). While its picture is
+    // still awaited, the callback above names it with this newest data.
     nameStage(stage);
   }
 }
@@ -293,6 +298,7 @@ function showHold(stage, previous) {
 }
 
 function nameStage(stage) {
+  namedId = stage.id;
   stageName.textContent = stage.name;
   audioOnlyName.textContent = stage.name;
   document.title = `${stage.name} — Stage`;
@@ -300,7 +306,12 @@ function nameStage(stage) {
 
 const NAME_FALLBACK_MS = 1500;
 
+// Frames of the previous stage received just before the switch are still on
+// their way to the screen for a moment after it; a frame received after the
+// page learned of the switch is the new stage's. Without receiveTime in the
+// frame's metadata, the first frame shown has to do.
 function whenPictureArrives(callback) {
+  const learned = performance.now();
   let done = false;
   const once = () => {
     if (!done) {
@@ -310,11 +321,18 @@ function whenPictureArrives(callback) {
   };
   // An audio-only stage never shows a frame: name it after a moment anyway.
   setTimeout(once, NAME_FALLBACK_MS);
-  if ('requestVideoFrameCallback' in player && player.srcObject) {
-    player.requestVideoFrameCallback(once);
-  } else {
+  if (!('requestVideoFrameCallback' in player) || !player.srcObject) {
     once();
+    return;
   }
+  const onFrame = (now, meta) => {
+    if (meta.receiveTime === undefined || meta.receiveTime >= learned) {
+      once();
+    } else if (!done) {
+      player.requestVideoFrameCallback(onFrame);
+    }
+  };
+  player.requestVideoFrameCallback(onFrame);
 }
 
 // Next
