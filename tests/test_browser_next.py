@@ -188,6 +188,20 @@ async (tones) => {
 }
 """
 
+# Per kind, the inbound stream's total jitter buffer delay (s) and samples or frames
+# emitted, from getStats.
+JITTER_BUFFERS = """
+async () => {
+  const counted = {};
+  for (const s of (await window.stageWatch.pc.getStats()).values()) {
+    if (s.type === 'inbound-rtp') {
+      counted[s.kind] = [s.jitterBufferDelay ?? 0, s.jitterBufferEmittedCount ?? 0];
+    }
+  }
+  return counted;
+}
+"""
+
 # Resolves to the new stage's id once the page has been told about it and has
 # presented `count` frames of its size after the press, spanning at least `span` ms.
 SWITCHED = """
@@ -448,8 +462,23 @@ async def test_audio_switches_with_the_picture(server, new_stage):
             timeout=UI_TIMEOUT_MS,
             polling=50,
         )
-        offsets, audio_ms = [], []
+        offsets, audio_ms, buffered = [], [], []
+        counted = await page.evaluate(JITTER_BUFFERS)
         for _ in range(4):
+            # How long the browser's buffers held audio and video on average since
+            # the last round: the old stage's sound still buffered plays out first.
+            now = await page.evaluate(JITTER_BUFFERS)
+            buffered.append(
+                {
+                    kind: round(
+                        1000
+                        * (now[kind][0] - counted[kind][0])
+                        / max(1, now[kind][1] - counted[kind][1])
+                    )
+                    for kind in now
+                }
+            )
+            counted = now
             seen = await next_and_watch(page, looks, count=10, span=1200)
             old, new = order.index(seen["old"]), order.index(seen["new"])
             pressed = seen["pressed"]
@@ -489,6 +518,7 @@ async def test_audio_switches_with_the_picture(server, new_stage):
             )
         print(f"\nNext -> new tone heard, ms: {spread(audio_ms)}")
         print(f"new tone heard minus first new frame presented, ms: {spread(offsets)}")
+        print(f"mean jitter buffer delay before each press, ms: {buffered}")
 
 
 async def test_stages_of_different_sizes_switch_without_artefacts(server, new_stage):
