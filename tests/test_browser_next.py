@@ -235,13 +235,6 @@ def shown_stage(frame: dict, looks: dict[str, Look]) -> str | None:
     return None
 
 
-def sized_stage(frame: dict, looks: dict[str, Look]) -> str | None:
-    for stage_id, look in looks.items():
-        if (frame["w"], frame["h"]) == look.size:
-            return stage_id
-    return None
-
-
 def describe(frame: dict, looks: dict[str, Look]) -> str:
     label = looks[shown_stage(frame, looks)].name if shown_stage(frame, looks) else "?"
     return f"{frame['w']}x{frame['h']} {label} px={frame['px'][:3]}…"
@@ -350,15 +343,59 @@ async def server_view(http, base: str, viewer_id: str) -> tuple[str | None, dict
     return (on or {}).get("id"), counts
 
 
+def heard(sample: dict, tones: list[float]) -> int | None:
+    """Which tone (index) dominates this analyser sample, if any."""
+    levels = sample["levels"]
+    loudest = max(range(len(levels)), key=lambda i: levels[i])
+    rest = [v for i, v in enumerate(levels) if i != loudest]
+    if levels[loudest] < TONE_FLOOR_DB:
+        return None
+    if rest and levels[loudest] - max(rest) < TONE_MARGIN_DB:
+        return None
+    return loudest
+
+
 def spread(values) -> str:
     values = [round(v, 1) for v in values]
     return f"{values} (median {statistics.median(values):.1f}, max {max(values):.1f})"
 
 
+async def name_follows_picture(page, seen: dict, looks: dict[str, Look]) -> tuple:
+    """Check that the name changed once, to the new stage, with its picture on screen.
+
+    Returns when the button went busy and when the name changed (ms after the press).
+    """
+    pressed, new = seen["pressed"], seen["new"]
+    probe = await page.evaluate(
+        "(t) => ({ names: window.__probe.names.filter((n) => n.t > t),"
+        " busy: window.__probe.busy.filter((b) => b.t >= t),"
+        " frames: window.__probe.frames })",
+        pressed,
+    )
+    # The same name set again (a count update) is no change.
+    names = [
+        n
+        for i, n in enumerate(probe["names"])
+        if n["name"] and (i == 0 or probe["names"][i - 1]["name"] != n["name"])
+    ]
+    assert [n["name"] for n in names] == [looks[new].name], names
+    on_screen = probe["frames"][names[0]["frame"]]
+    assert shown_stage(on_screen, looks) == new, (
+        f"the name became {looks[new].name!r} while the screen showed "
+        f"{describe(on_screen, looks)}"
+    )
+    # Feedback at once: the button is busy before the name changes.
+    busy = [b["t"] for b in probe["busy"] if b["busy"]]
+    assert busy and busy[0] <= names[0]["t"], (probe["busy"], names)
+    return busy[0] - pressed, names[0]["t"] - pressed
+
+
 # --------------------------------------------------------------------------- tests
 
 
-async def test_after_next_no_frame_of_the_previous_stage_is_shown(server, new_stage):
+async def test_after_next_no_frame_of_the_previous_stage_and_the_name_with_the_picture(
+    server, new_stage
+):
     red = Look("Red Room", 320, 240, RED, 440)
     blue = Look("Blue Hall", 480, 270, BLUE, 880)
     async with (
@@ -366,7 +403,7 @@ async def test_after_next_no_frame_of_the_previous_stage_is_shown(server, new_st
         launch_chromium(None) as browser,
     ):
         page = await open_watch(browser, server.base, looks)
-        switch_ms, held = [], []
+        switch_ms, held, busy_ms, name_ms = [], [], [], []
         for _ in range(5):
             seen = await next_and_watch(page, looks, count=15)
             old_size, new_size = looks[seen["old"]].size, looks[seen["new"]].size
@@ -382,9 +419,14 @@ async def test_after_next_no_frame_of_the_previous_stage_is_shown(server, new_st
             )
             others = [f for f in after if (f["w"], f["h"]) not in (old_size, new_size)]
             assert not others, [describe(f, looks) for f in others]
+            busy, named = await name_follows_picture(page, seen, looks)
             switch_ms.append(seen["ms"])
             held.append(first)
+            busy_ms.append(busy)
+            name_ms.append(named)
         print(f"\nNext -> first new frame, ms: {spread(switch_ms)}")
+        print(f"Next -> name changed, ms: {spread(name_ms)}")
+        print(f"Next -> button busy, ms: {spread(busy_ms)}")
         print(f"frames of the previous stage presented after the press: {held}")
 
 
@@ -429,18 +471,6 @@ async def test_no_freeze_after_next(server, new_stage):
             assert gaps[longest] < FREEZE_LIMIT_MS, report
         print(f"longest gap after each switch, ms: {spread(worst)}")
         print(f"last old frame -> first new frame, ms: {spread(switch_gaps)}")
-
-
-def heard(sample: dict, tones: list[float]) -> int | None:
-    """Which tone (index) dominates this analyser sample, if any."""
-    levels = sample["levels"]
-    loudest = max(range(len(levels)), key=lambda i: levels[i])
-    rest = [v for i, v in enumerate(levels) if i != loudest]
-    if levels[loudest] < TONE_FLOOR_DB:
-        return None
-    if rest and levels[loudest] - max(rest) < TONE_MARGIN_DB:
-        return None
-    return loudest
 
 
 async def test_audio_switches_with_the_picture(server, new_stage):
@@ -560,44 +590,6 @@ async def test_stages_of_different_sizes_switch_without_artefacts(server, new_st
         # Three sizes and never the same stage twice in a row: any three Nexts in a
         # row go up and down.
         assert directions == {"up", "down"}, directions
-
-
-async def test_the_name_changes_with_the_new_picture(server, new_stage):
-    red = Look("Red Room", 320, 240, RED, 440)
-    blue = Look("Blue Hall", 480, 270, BLUE, 880)
-    async with (
-        live_stages(server, new_stage, red, blue) as looks,
-        launch_chromium(None) as browser,
-    ):
-        page = await open_watch(browser, server.base, looks)
-        for _ in range(3):
-            seen = await next_and_watch(page, looks, count=10)
-            pressed, new = seen["pressed"], seen["new"]
-            probe = await page.evaluate(
-                "(t) => ({ names: window.__probe.names.filter((n) => n.t > t),"
-                " busy: window.__probe.busy.filter((b) => b.t >= t),"
-                " frames: window.__probe.frames })",
-                pressed,
-            )
-            # The same name set again (a count update) is no change.
-            names = [
-                n
-                for i, n in enumerate(probe["names"])
-                if n["name"] and (i == 0 or probe["names"][i - 1]["name"] != n["name"])
-            ]
-            assert [n["name"] for n in names] == [looks[new].name], names
-            on_screen = probe["frames"][names[0]["frame"]]
-            assert shown_stage(on_screen, looks) == new, (
-                f"the name became {looks[new].name!r} while the screen showed "
-                f"{describe(on_screen, looks)}"
-            )
-            # Feedback at once: the button is busy before the name changes.
-            busy = [b["t"] for b in probe["busy"] if b["busy"]]
-            assert busy and busy[0] <= names[0]["t"], (probe["busy"], names)
-            print(
-                f"\nNext -> busy +{busy[0] - pressed:.0f} ms, new frame "
-                f"+{seen['ms']:.0f} ms, name +{names[0]['t'] - pressed:.0f} ms"
-            )
 
 
 # Five clicks on Next, 60 ms apart, all scheduled at once so that a busy page bunches
