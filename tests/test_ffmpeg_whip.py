@@ -275,3 +275,39 @@ async def test_a_vp8_only_viewer_is_not_sent_to_an_h264_stage(
         finally:
             await vp8.stop()
             await h264.stop()
+
+
+async def test_an_ffmpeg_show_outlasts_consent_checks_it_never_answers(
+    server, http, new_stage, media, ffmpeg, tmp_path, monkeypatch
+):
+    """ffmpeg's WHIP muxer answers no ICE consent checks (RFC 7675): aioice closed its
+    connection after 6 unanswered checks, about 30 s into every show. The checks are
+    made 20 times as frequent here (1.5 s to expire) so that the show can be short."""
+    from aioice import ice
+
+    monkeypatch.setattr(ice, "CONSENT_INTERVAL", 0.25)
+    stage = await new_stage("Long ffmpeg")
+    log = tmp_path / "ffmpeg.log"
+    url = f"{server.base}/whip/{stage['id']}"
+    seconds = 6
+    async with ffmpeg_publishing(
+        ffmpeg, media, url, stage["key"], log, seconds=seconds
+    ) as process:
+
+        async def is_live():
+            return stage["id"] in await live_ids(server, http)
+
+        await wait_for(is_live, "ffmpeg's stage is not live", 20, log)
+        # Past 4 expiry times the stage is still live on its first connection.
+        await asyncio.sleep(4)
+        assert await is_live(), log.read_text(errors="replace")[-2000:]
+        publisher = next(iter(server.app[VENUE].publishers.values()))
+        assert publisher.pc.connectionState == "connected"
+        returncode = await asyncio.wait_for(process.wait(), seconds + 20)
+    assert returncode == 0, log.read_text(errors="replace")[-3000:]
+    async with http.get(
+        f"{server.base}/api/stages/{stage['id']}/performances",
+        headers={"Authorization": f"Bearer {stage['key']}"},
+    ) as response:
+        performances = (await response.json())["performances"]
+    assert len(performances) == 1, performances

@@ -8,9 +8,12 @@ for the whole process (aioice 0.13, pinned).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
+import time
 
-from aioice import ice
+from aioice import ice, stun
 from aiortc import RTCPeerConnection
 from aiortc.sdp import candidate_from_sdp
 
@@ -19,6 +22,7 @@ from ..errors import BadRequest, Unprocessable
 logger = logging.getLogger(__name__)
 
 _original_lookup = ice.get_host_addresses
+_original_data_received = ice.Connection.data_received
 _original_request_received = ice.Connection.request_received
 _LOOPBACK = ("127.", "::1")
 _chosen: list[str] = []
@@ -175,3 +179,46 @@ def _remote_credentials(sdp: str) -> tuple[str | None, str | None]:
         elif line.startswith("a=ice-pwd:") and pwd is None:
             pwd = line[len("a=ice-pwd:") :]
     return ufrag, pwd
+
+
+# Consent freshness (RFC 7675). aioice asks the peer every ~5 s whether it still wants
+# our packets and closes the connection after 6 unanswered checks. ffmpeg's WHIP
+# muxer never answers them, so every ffmpeg show was cut after about 30 s. A peer
+# whose packets keep reaching us over the pair is evidently there: checks it leaves
+# unanswered count against it only when nothing else came from it either.
+
+
+def _data_received(connection, data: bytes, component: int) -> None:
+    connection.stage_last_data = time.monotonic()
+    _original_data_received(connection, data, component)
+
+
+async def _query_consent(connection) -> None:
+    unanswered = 0
+    while True:
+        interval = ice.CONSENT_INTERVAL * random.uniform(0.8, 1.2)
+        await asyncio.sleep(interval)
+        heard = time.monotonic() - getattr(connection, "stage_last_data", 0.0)
+        for pair in list(connection._nominated.values()):
+            check = connection.build_request(pair, nominate=False)
+            try:
+                await pair.protocol.request(
+                    check,
+                    pair.remote_addr,
+                    integrity_key=connection.remote_password.encode("utf8"),
+                    retransmissions=0,
+                )
+                unanswered = 0
+            except stun.TransactionError:
+                unanswered = 0 if heard < interval else unanswered + 1
+        if unanswered >= ice.CONSENT_FAILURES:
+            logger.info(
+                "ICE consent expired: the peer answers nothing and sends nothing"
+            )
+            connection._query_consent_task = None
+            await connection.close()
+            return
+
+
+ice.Connection.data_received = _data_received
+ice.Connection.query_consent = _query_consent
