@@ -28,8 +28,13 @@ from .store import StageRecord, Store
 
 logger = logging.getLogger(__name__)
 
-# A publisher or viewer whose connection is not up by then is given up on.
+# A publisher or viewer whose connection is not up by then is given up on. Viewers
+# count as watching from their answer on, so one whose page went away before it
+# connected (a reload within a second of arriving) must not linger as a ghost in
+# the numbers and the roulette's weights; ICE on a working path takes well under
+# 5 s, even through TURN.
 CONNECT_TIMEOUT = 30.0
+VIEWER_CONNECT_TIMEOUT = 10.0
 # A live publisher that sends nothing for this long is taken to be lost (an encoder
 # killed outright says no goodbye, and ICE consent would only notice after about
 # 30 s): its stage is held, below, and its viewers are told.
@@ -456,7 +461,7 @@ class Venue:
                     pass
                 connected = viewer.pc.connectionState == "connected"
                 waited = time.monotonic() - viewer.joined_at
-                if not connected and waited > CONNECT_TIMEOUT:
+                if not connected and waited > VIEWER_CONNECT_TIMEOUT:
                     logger.info("viewer %s: never connected", viewer.id)
                     await self.leave(viewer.id, ended_by=UNCONNECTED)
                     return

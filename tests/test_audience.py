@@ -412,7 +412,7 @@ async def test_performer_cut_off_moves_viewers_on_and_counts_fall_to_zero(
 async def test_browser_that_never_connects_is_a_visit_but_no_view(
     server, http, new_stage, peers, monkeypatch
 ):
-    monkeypatch.setattr(venue_module, "CONNECT_TIMEOUT", 1.0)
+    monkeypatch.setattr(venue_module, "VIEWER_CONNECT_TIMEOUT", 1.0)
     stage = await new_stage()
     peers(await Publisher(server.base, stage["id"], stage["key"]).start())
     # An offer whose maker never takes the answer: its ICE never starts.
