@@ -96,7 +96,10 @@ class StageHub:
             self._picture = [frame]
         elif self._picture:
             self._picture.append(frame)
-            if len(self._picture) == PICTURE_REFRESH:
+            # Asked one frame past the refresh length, so that an encoder with a
+            # keyframe every PICTURE_REFRESH frames (OBS at 1 s) is never asked, and
+            # only while someone watches: a newcomer to an empty stage can wait.
+            if len(self._picture) == PICTURE_REFRESH + 1 and self.viewers:
                 self.want_keyframe()
             elif len(self._picture) > PICTURE_LIMIT:
                 self._picture = []
