@@ -1,27 +1,37 @@
-"""Relay cost: a server's CPU with one publisher and N viewers, Stage beside a reference.
+"""Relay cost: a server's CPU with one publisher and N viewers; Stage beside MediaRelay and Janus.
 
-    .venv/bin/python -m bench.relay [--viewers 0 1 10 20] [--seconds 10] [--rounds 3]
-                                    [--reference-max 10] [--no-reference]
-                                    [--per-process 10]
+    .venv/bin/python -m bench.relay [--viewers 0 1 10 50 100 200] [--seconds 10]
+                                    [--rounds 3] [--systems stage mediarelay janus]
+                                    [--reference-max 10] [--collapse-fps 15]
+                                    [--per-process 10] [--janus-event-loops 2]
+                                    [--hard-limit 3600]
 
-Each server runs as its own process: Stage (`python -m stage`) and the reference,
-aiortc's MediaRelay with a sender per viewer (`bench/mediarelay_server.py`, which
-re-encodes for every viewer as aiortc's examples do). The publisher (640x480 VP8 at
-30 fps with moving grain, about 1 Mb/s, plus Opus) runs in this process, the same
-for both servers; the publisher is connected only while its server is measured, so
-this process encodes one stream at a time. Viewers run in their own processes
-(`bench/viewers.py`, --per-process each) and count frames and RTP packets without
-decoding. CPU is user+sys of the server process over a fixed window, as % of
-one core; "waiting" is the time its threads were ready to run but had no core (on a
-shared machine, a low CPU figure with much waiting means starved, not idle). Rounds
-alternate over servers and viewer counts, and medians are printed.
+Three servers, each its own process: Stage (`python -m stage`); aiortc's MediaRelay
+with a sender per viewer (`bench/mediarelay_server.py`, one VP8 encode per viewer, as
+aiortc's examples do); Janus 1.1.2 with its VideoRoom plugin (`bench/janus.py`). The
+whole run happens in a private network namespace (`bench/netns.py`, needs root), where
+127.0.0.1 is the only address there is.
 
+One publisher (`bench/publisher.py`: 640x480 VP8 at 30 fps of moving grain, held at
+1 Mb/s, plus Opus) runs in this process and is connected only to the server being
+measured. Viewers run in their own processes (`bench/viewers.py`, --per-process
+each); they count frames and RTP packets without decoding, except two that decode to
+show that the stream is watchable.
+
+For each N: server CPU (user+sys over a fixed window, % of one core); "waiting", the
+time its threads were ready but had no core (a low CPU figure with much waiting means
+starved, not idle); RSS; RTP packets per second all viewers received; packets per
+core-second; viewers' video fps (min and median); the decoders' fps; the latency the
+server adds (`bench/latency.py`, p50/p99 over every paired packet of every viewer; an
+upper bound; n/a for MediaRelay, which re-encodes); and the CPU of the viewer processes.
 Per viewer = (CPU with N viewers - CPU with the publisher alone) / N, each server
-against its own publisher-only figure from the same run. Packets per core-second =
-RTP packets all viewers received per second / server cores busy (total, and over the
-publisher-only figure). The reference re-encodes, so past a few viewers it saturates
-one core and its viewers' frame rate collapses: its per-viewer figure is then a floor,
-and it is not run past --reference-max.
+against its own publisher-only figure.
+
+Rounds go over N, and for each N over the servers in an order that rotates each round;
+medians over rounds are printed. A server whose viewers' median fps falls below
+--collapse-fps at some N is not taken to a larger N (the run says so); MediaRelay is
+not taken past --reference-max. New measurements stop being started after --budget
+seconds, and the run is killed at --hard-limit whatever happens.
 """
 
 from __future__ import annotations
@@ -29,9 +39,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,250 +46,217 @@ import tempfile
 import time
 from pathlib import Path
 
-import aiohttp
-import av
-import numpy
-
 from stage.relay.ice import gather_on
-from tests.peers import PatternTrack, Publisher, ToneTrack
+
+from . import machine, netns
+from .latency import SendLog, percentiles
+from .publisher import load_loop, video_sent
+from .servers import JanusServer, PythonServer, ViewerProcess, split
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
+SYSTEMS = ("stage", "mediarelay", "janus")
+SETTLE = 2.0  # seconds for keyframes and bitrates to settle after viewers joined
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class OutOfBudget(Exception):
+    pass
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def clients_cpu(groups: list[ViewerProcess]) -> float:
+    return sum(machine.cpu_seconds(g.pid) for g in groups)
 
 
-def run_queue_seconds(pid: int) -> float:
-    """Time the process was ready to run but waiting for a core (scheduler stats):
-    on a shared machine this says whether a low CPU figure means idle or starved."""
-    return (
-        sum(
-            int(Path(task, "schedstat").read_text().split()[1])
-            for task in Path(f"/proc/{pid}/task").iterdir()
-        )
-        / 1e9
-    )
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-class BusyTrack(PatternTrack):
-    """Video that costs bits like a camera does: a grainy picture that drifts, with a
-    band of fresh grain every frame, so the encoder runs near its target bitrate
-    (about 1 Mb/s here) rather than coasting on a flat picture."""
-
-    def __init__(self, width=640, height=480, fps=30) -> None:
-        super().__init__(width, height, fps)
-        self._random = numpy.random.default_rng(1)
-        self._image = self._random.integers(0, 255, (height, width, 3), numpy.uint8)
-
-    async def recv(self) -> av.VideoFrame:
-        frame = await super().recv()  # paces, counts and stamps
-        count = self._count - 1
-        image = numpy.roll(self._image, 4 * count, axis=1)
-        band = (count * 4) % self.height
-        image[band : band + 4] = self._random.integers(
-            0, 255, (min(4, self.height - band), self.width, 3), numpy.uint8
-        )
-        busy = av.VideoFrame.from_ndarray(image, format="rgb24")
-        busy.pts, busy.time_base = frame.pts, frame.time_base
-        return busy
-
-
-class Server:
-    """A server process under test, and the stage its publisher goes live on."""
-
-    def __init__(self, name: str, command: list[str]) -> None:
-        self.name = name
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen(
-            [sys.executable, *command, "--port", str(self.port)], cwd=ROOT
-        )
-        self.stage: dict | None = None
-
-    async def ready(self) -> None:
-        for _ in range(150):
-            try:
-                async with aiohttp.ClientSession() as http:
-                    async with http.post(
-                        f"{self.base}/api/stages", json={"name": "Bench"}
-                    ) as r:
-                        self.stage = await r.json()
-                return
-            except aiohttp.ClientConnectionError:
-                await asyncio.sleep(0.1)
-        raise RuntimeError(f"{self.name} did not start")
-
-    async def publish(self) -> Publisher:
-        publisher = Publisher(self.base, self.stage["id"], self.stage["key"])
-        publisher.pc.addTransceiver(ToneTrack(), direction="sendonly")
-        publisher.pc.addTransceiver(BusyTrack(), direction="sendonly")
-        await publisher.start(audio=False, video=False)
-        await asyncio.sleep(2)
-        return publisher
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGINT)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
-class ViewerProcess:
-    """Some of the viewers, in a process of their own (bench/viewers.py)."""
-
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
-
-    @classmethod
-    async def start(cls, base: str, count: int) -> ViewerProcess:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bench.viewers",
-            base,
-            str(count),
-            cwd=ROOT,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        line = await asyncio.wait_for(process.stdout.readline(), 60 + count)
-        if line.strip() != b"ready":
-            raise RuntimeError(f"viewers did not start: {line!r}")
-        return cls(process)
-
-    async def sample(self) -> dict:
-        self.process.stdin.write(b"sample\n")
-        await self.process.stdin.drain()
-        return json.loads(await self.process.stdout.readline())
-
-    async def stop(self) -> None:
-        self.process.stdin.write(b"stop\n")
-        await self.process.stdin.drain()
-        try:
-            await asyncio.wait_for(self.process.wait(), 30)
-        except TimeoutError:
-            self.process.kill()
-            await self.process.wait()
-
-
-async def sample(groups: list[ViewerProcess]) -> tuple[list[int], int]:
-    samples = await asyncio.gather(*(g.sample() for g in groups))
-    frames = [f for s in samples for f in s["frames"]]
-    return frames, sum(s["packets"] for s in samples)
-
-
-async def measure(server: Server, viewers: int, seconds: float, per_process: int):
-    sizes = [per_process] * (viewers // per_process)
-    if viewers % per_process:
-        sizes.append(viewers % per_process)
+async def measure(server, viewers: int, args, pc, log: SendLog) -> dict:
+    sizes = split(viewers, args.per_process)
+    where = server.viewer_args()
     groups = await asyncio.gather(
-        *(ViewerProcess.start(server.base, size) for size in sizes)
+        *(
+            ViewerProcess.start(
+                [*where, "--decoders", str(min(2, size) if i == 0 else 0)], size
+            )
+            for i, size in enumerate(sizes)
+        )
     )
-    await asyncio.sleep(2)  # let keyframes and bitrates settle
-    frames0, packets0 = await sample(groups)
-    pid = server.process.pid
-    cpu0, wait0, t0 = cpu_seconds(pid), run_queue_seconds(pid), time.monotonic()
-    await asyncio.sleep(seconds)
-    cpu1, wait1, t1 = cpu_seconds(pid), run_queue_seconds(pid), time.monotonic()
-    frames1, packets1 = await sample(groups)
+    try:
+        await asyncio.sleep(SETTLE)
+        first = await asyncio.gather(*(g.ask("sample") for g in groups))
+        await asyncio.gather(*(g.ask("mark") for g in groups))
+        pid = server.pid
+        marked = time.monotonic_ns()
+        cpu0, wait0 = machine.cpu_seconds(pid), machine.run_queue_seconds(pid)
+        clients0, busy0 = clients_cpu(groups), machine.machine_busy()[0]
+        (frames0, bytes0), t0 = video_sent(pc), time.monotonic()
+        await asyncio.sleep(args.seconds)
+        cpu1, wait1 = machine.cpu_seconds(pid), machine.run_queue_seconds(pid)
+        clients1, busy1 = clients_cpu(groups), machine.machine_busy()[0]
+        (frames1, bytes1), t1 = video_sent(pc), time.monotonic()
+        last = await asyncio.gather(*(g.ask("sample") for g in groups))
+        sent = json.dumps(log.since(marked - 2_000_000_000))
+        paired = await asyncio.gather(*(g.ask(f"pair {sent}") for g in groups))
+    finally:
+        await asyncio.gather(*(g.stop() for g in groups))
     elapsed = t1 - t0
-    fps = [(b - a) / elapsed for a, b in zip(frames0, frames1)]
-    result = {
+
+    seen0 = [f for s in first for f in s["frames"]]
+    seen1 = [f for s in last for f in s["frames"]]
+    fps = [(b - a) / elapsed for a, b in zip(seen0, seen1)]
+    decoded0 = [d for s in first for d in s["decoded"]]
+    decoded1 = [d for s in last for d in s["decoded"]]
+    delays = [d for p in paired for d in p["delays"]]
+    per_viewer = [a for p in paired for a in p["arrived"]]
+    arrived = sum(a[1] for a in per_viewer)
+    p50, p99 = percentiles(delays)
+    packets = sum(s["packets"] for s in last) - sum(s["packets"] for s in first)
+    await asyncio.sleep(1)
+    return {
         "viewers": viewers,
         "cpu_percent": 100 * (cpu1 - cpu0) / elapsed,
         "waiting_percent": 100 * (wait1 - wait0) / elapsed,
-        "rss_mb": rss_mb(pid),
-        "packets_per_second": (packets1 - packets0) / elapsed,
+        "rss_mb": machine.rss_mb(pid),
+        "packets_per_second": packets / elapsed,
         "fps_min": min(fps) if fps else None,
         "fps_median": statistics.median(fps) if fps else None,
+        "decoded_fps": [(b[0] - a[0]) / elapsed for a, b in zip(decoded0, decoded1)],
+        "decoded_sizes": [b[1:] for b in decoded1],
+        "latency_p50_ms": p50,
+        "latency_p99_ms": p99,
+        "latency_packets": len(delays),
+        "latency_matched": len(delays) / arrived if arrived else None,
+        "latency_paired_arrived": per_viewer,
+        "publisher_kbps": (bytes1 - bytes0) * 8 / elapsed / 1000,
+        "publisher_fps": (frames1 - frames0) / elapsed,
+        "clients_cpu_percent": 100 * (clients1 - clients0) / elapsed,
+        "machine_cpu_percent": 100 * (busy1 - busy0) / elapsed,
     }
-    await asyncio.gather(*(g.stop() for g in groups))
-    await asyncio.sleep(1)
-    return result
 
 
-async def run(args) -> dict[str, list[dict]]:
+def start_servers(args, data: str) -> list:
+    servers = []
+    for name in args.systems:
+        if name == "stage":
+            command = ["-m", "stage", "--data", data, "--ice-address", "127.0.0.1"]
+            command += ["--log-level", "WARNING", "--max-viewers", "100000"]
+            servers.append(PythonServer("stage", command))
+        elif name == "mediarelay":
+            servers.append(
+                PythonServer("mediarelay", ["-m", "bench.mediarelay_server"])
+            )
+        elif name == "janus":
+            servers.append(JanusServer(args.janus_event_loops))
+    return servers
+
+
+async def run(args) -> dict:
+    netns.set_up()
     gather_on(("127.0.0.1",))
+    frames = load_loop()
+    started = time.monotonic()
     data = tempfile.mkdtemp(prefix="stage-bench-")
-    stage_command = ["-m", "stage", "--data", data, "--ice-address", "127.0.0.1"]
-    stage_command += ["--log-level", "WARNING", "--max-viewers", "100000"]
-    servers = [Server("stage", stage_command)]
-    if args.reference:
-        servers.append(Server("mediarelay", ["-m", "bench.mediarelay_server"]))
-    counts = {
-        "stage": args.viewers,
-        "mediarelay": [n for n in args.viewers if n <= args.reference_max],
-    }
-    rows: dict[str, dict[int, list[dict]]] = {
-        s.name: {n: [] for n in counts[s.name]} for s in servers
-    }
+    servers = start_servers(args, data)
+    ceiling = {s.name: max(args.viewers) for s in servers}
+    if "mediarelay" in ceiling:
+        ceiling["mediarelay"] = args.reference_max
+    rows: dict[str, dict[int, list[dict]]] = {s.name: {} for s in servers}
+    notes: list[str] = []
+    log = SendLog()
     try:
         for server in servers:
             await server.ready()
         for round_ in range(args.rounds):
-            for server in servers:
-                publisher = await server.publish()
-                for n in counts[server.name]:
-                    row = await measure(server, n, args.seconds, args.per_process)
-                    rows[server.name][n].append(row)
-                    print(
-                        f"round {round_ + 1} {server.name:10s} viewers {n:3d}: "
-                        f"cpu {row['cpu_percent']:5.1f} %  "
-                        f"waiting {row['waiting_percent']:5.1f} %  "
-                        f"{row['packets_per_second']:7.0f} packets/s  "
-                        f"fps min {row['fps_min'] or 0:4.1f}",
-                        flush=True,
-                    )
-                await publisher.stop()
-                await asyncio.sleep(1)
+            for n in args.viewers:
+                turn = round_ % len(servers)
+                for server in servers[turn:] + servers[:turn]:
+                    if n > ceiling[server.name]:
+                        continue
+                    if time.monotonic() - started > args.budget:
+                        notes.append(f"budget of {args.budget:.0f} s spent: stopped")
+                        raise OutOfBudget
+                    pc, unpublish = await server.publish(frames, log)
+                    await asyncio.sleep(2)  # the first keyframe, the encoder settles
+                    try:
+                        row = await measure(server, n, args, pc, log)
+                    finally:
+                        await unpublish()
+                    rows[server.name].setdefault(n, []).append(row)
+                    print_measurement(round_ + 1, server.name, row)
+                    if (
+                        n
+                        and row["fps_median"] < args.collapse_fps
+                        and n < ceiling[server.name]
+                    ):
+                        ceiling[server.name] = n
+                        note = (
+                            f"{server.name}: viewers' median fps "
+                            f"{row['fps_median']:.1f} at {n} viewers (round "
+                            f"{round_ + 1}): not taken past {n}"
+                        )
+                        notes.append(note)
+                        print(note, flush=True)
+                    await asyncio.sleep(1)
+    except OutOfBudget:
+        pass
     finally:
         for server in servers:
             server.stop()
-    return {name: summarise(by_count) for name, by_count in rows.items()}
+        subprocess.run(["rm", "-rf", data], check=False)
+    return {
+        "results": {name: summarise(by_count) for name, by_count in rows.items()},
+        "rounds": rows,
+        "notes": notes,
+    }
+
+
+def print_measurement(round_: int, name: str, row: dict) -> None:
+    print(
+        f"round {round_} {name:10s} viewers {row['viewers']:3d}: "
+        f"cpu {row['cpu_percent']:5.1f} %  waiting {row['waiting_percent']:5.1f} %  "
+        f"{row['packets_per_second']:7.0f} packets/s  "
+        f"fps min {number(row['fps_min'], '.1f')} "
+        f"median {number(row['fps_median'], '.1f')}  "
+        f"latency p50 {number(row['latency_p50_ms'], '.1f')} "
+        f"p99 {number(row['latency_p99_ms'], '.1f')} ms  "
+        f"clients {row['clients_cpu_percent']:.0f} %  "
+        f"machine {row['machine_cpu_percent']:.0f} %  "
+        f"publisher {row['publisher_fps']:.1f} fps {row['publisher_kbps']:.0f} kb/s",
+        flush=True,
+    )
+
+
+def median(runs: list[dict], key: str):
+    values = [r[key] for r in runs if r[key] is not None]
+    return statistics.median(values) if values else None
 
 
 def summarise(by_count: dict[int, list[dict]]) -> list[dict]:
     summary = []
-    for n, runs in by_count.items():
-        summary.append(
-            {
-                "viewers": n,
-                "rounds": len(runs),
-                "cpu_percent": statistics.median(r["cpu_percent"] for r in runs),
-                "waiting_percent": statistics.median(
-                    r["waiting_percent"] for r in runs
-                ),
-                "rss_mb": statistics.median(r["rss_mb"] for r in runs),
-                "packets_per_second": statistics.median(
-                    r["packets_per_second"] for r in runs
-                ),
-                "fps_min": min(
-                    (r["fps_min"] for r in runs if r["fps_min"] is not None),
-                    default=None,
-                ),
-                "fps_median": statistics.median(r["fps_median"] for r in runs)
-                if n
-                else None,
-            }
+    for n in sorted(by_count):
+        runs = by_count[n]
+        row = {"viewers": n, "rounds": len(runs)}
+        for key in (
+            "cpu_percent",
+            "waiting_percent",
+            "rss_mb",
+            "packets_per_second",
+            "fps_median",
+            "latency_p50_ms",
+            "latency_p99_ms",
+            "latency_matched",
+            "publisher_kbps",
+            "publisher_fps",
+            "clients_cpu_percent",
+            "machine_cpu_percent",
+        ):
+            row[key] = median(runs, key)
+        row["fps_min"] = min(
+            (r["fps_min"] for r in runs if r["fps_min"] is not None), default=None
         )
+        decoded = [f for r in runs for f in r["decoded_fps"]]
+        row["decoded_fps_min"] = min(decoded, default=None)
+        row["decoded_sizes"] = sorted(
+            {tuple(s) for r in runs for s in r["decoded_sizes"]}
+        )
+        summary.append(row)
     baseline = next((r["cpu_percent"] for r in summary if r["viewers"] == 0), None)
     for r in summary:
         n, cpu, pps = r["viewers"], r["cpu_percent"], r["packets_per_second"]
@@ -295,17 +269,44 @@ def summarise(by_count: dict[int, list[dict]]) -> list[dict]:
     return summary
 
 
+def ratios(results: dict[str, list[dict]]) -> list[dict]:
+    """Stage's CPU per viewer over each reference's, at each N both reached."""
+    stage = {r["viewers"]: r for r in results.get("stage", [])}
+    out = []
+    for n, mine in sorted(stage.items()):
+        if not n or mine["per_viewer_percent"] is None:
+            continue
+        row = {"viewers": n}
+        for name in ("mediarelay", "janus"):
+            other = next((r for r in results.get(name, []) if r["viewers"] == n), None)
+            if other and other["per_viewer_percent"]:
+                row[name] = mine["per_viewer_percent"] / other["per_viewer_percent"]
+                row[f"{name}_fps_median"] = other["fps_median"]
+        if len(row) > 1:
+            out.append(row)
+    return out
+
+
 def number(value, fmt: str) -> str:
     return format(value, fmt) if value is not None else "-"
 
 
-def print_tables(results: dict[str, list[dict]]) -> None:
+def print_tables(results: dict[str, list[dict]], table: list[dict]) -> None:
     print(
         "\nserver      viewers  CPU %  waiting %  per viewer %  RSS MB  packets/s"
-        "  packets/core-s  marginal  fps min/median"
+        "  packets/core-s  marginal  fps min/median  decoded fps  latency p50/p99 ms"
+        "  clients CPU %  publisher kb/s"
     )
     for name, summary in results.items():
         for r in summary:
+            latency = (
+                "n/a"
+                if name == "mediarelay"
+                else (
+                    f"{number(r['latency_p50_ms'], '.1f')}/"
+                    f"{number(r['latency_p99_ms'], '.1f')}"
+                )
+            )
             print(
                 f"{name:10s}  {r['viewers']:7d}  {r['cpu_percent']:5.1f}  "
                 f"{r['waiting_percent']:9.1f}  "
@@ -313,56 +314,96 @@ def print_tables(results: dict[str, list[dict]]) -> None:
                 f"{r['rss_mb']:6.0f}  {r['packets_per_second']:9.0f}  "
                 f"{number(r['packets_per_core_second'], '14.0f'):>14s}  "
                 f"{number(r['marginal_packets_per_core_second'], '8.0f'):>8s}  "
-                f"{number(r['fps_min'], '.1f')}/{number(r['fps_median'], '.1f')}"
+                f"{number(r['fps_min'], '.1f') + '/' + number(r['fps_median'], '.1f'):>14s}  "
+                f"{number(r['decoded_fps_min'], '11.1f'):>11s}  "
+                f"{latency:>18s}  "
+                f"{number(r['clients_cpu_percent'], '13.0f'):>13s}  "
+                f"{number(r['publisher_kbps'], '14.0f'):>14s}"
             )
-    reference = {r["viewers"]: r for r in results.get("mediarelay", [])}
-    if reference:
+    if table:
         print(
-            "\nviewers  Stage per viewer / MediaRelay per viewer  (MediaRelay fps min)"
+            "\nviewers  Stage per viewer / MediaRelay  (its fps median)"
+            "  Stage per viewer / Janus  (its fps median)"
         )
-        for r in results["stage"]:
-            other = reference.get(r["viewers"])
-            if not r["viewers"] or other is None:
-                continue
-            ratio = (
-                r["per_viewer_percent"] / other["per_viewer_percent"]
-                if r["per_viewer_percent"] is not None and other["per_viewer_percent"]
-                else None
-            )
+        for r in table:
             print(
-                f"{r['viewers']:7d}  {number(ratio, '.3f'):>40s}  "
-                f"({number(other['fps_min'], '.1f')})"
+                f"{r['viewers']:7d}  {number(r.get('mediarelay'), '28.3f'):>28s}"
+                f"  ({number(r.get('mediarelay_fps_median'), '.1f'):>4s})"
+                f"            {number(r.get('janus'), '18.3f'):>18s}"
+                f"  ({number(r.get('janus_fps_median'), '.1f'):>4s})"
             )
-    print("\nJanus: not measured (needs the network-namespace set-up in TESTING.md).")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--viewers", type=int, nargs="+", default=[0, 1, 10, 20])
-    parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--reference-max", type=int, default=10)
-    parser.add_argument("--per-process", type=int, default=10)
-    parser.add_argument("--no-reference", dest="reference", action="store_false")
-    args = parser.parse_args()
-    results = asyncio.run(run(args))
-    print_tables(results)
+def inner(args) -> None:
+    start_machine = machine.describe()
+    busy0, steal0 = machine.machine_busy()
+    t0 = time.monotonic()
+    outcome = asyncio.run(run(args))
+    busy1, steal1 = machine.machine_busy()
+    wall = time.monotonic() - t0
+    results = outcome["results"]
+    table = ratios(results)
+    print_tables(results, table)
+    for note in outcome["notes"]:
+        print(note)
+    end_load = machine.load_average()
+    print(
+        f"\nmachine: nproc {start_machine['nproc']}, {start_machine['cpu_model']}, "
+        f"load average {start_machine['load_average'][0]:.1f} -> {end_load[0]:.1f}, "
+        f"whole machine busy {(busy1 - busy0) / wall:.2f} cores over {wall:.0f} s, "
+        f"stolen {(steal1 - steal0) / wall:.2f}"
+    )
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"relay-{time.strftime('%Y%m%dT%H%M%S')}.json"
     out.write_text(
         json.dumps(
             {
-                "machine": os.uname().nodename,
-                "cores": os.cpu_count(),
-                "seconds": args.seconds,
-                "rounds": args.rounds,
+                "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "machine": {
+                    **start_machine,
+                    "load_average_end": end_load,
+                    "busy_cores": (busy1 - busy0) / wall,
+                    "stolen_cores": (steal1 - steal0) / wall,
+                },
+                "arguments": vars(args),
                 "results": results,
+                "ratios": table,
+                "notes": outcome["notes"],
+                "rounds": outcome["rounds"],
             },
             indent=1,
         )
     )
     print(f"\nwritten to {out.relative_to(ROOT)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--viewers", type=int, nargs="+", default=[0, 1, 10, 50, 100, 200]
+    )
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
+    parser.add_argument("--reference-max", type=int, default=10)
+    parser.add_argument("--collapse-fps", type=float, default=15)
+    parser.add_argument("--per-process", type=int, default=10)
+    parser.add_argument(
+        "--janus-event-loops",
+        type=int,
+        default=2,
+        help="Janus's event_loops; 0 keeps its default of a thread per handle",
+    )
+    parser.add_argument("--hard-limit", type=float, default=3600)
+    parser.add_argument("--budget", type=float, help="default: hard limit - 240 s")
+    args = parser.parse_args()
+    if args.budget is None:
+        args.budget = max(60, args.hard_limit - 240)
+    if netns.inside():
+        inner(args)
+    else:
+        sys.exit(netns.reexec_inside("bench.relay", sys.argv[1:], args.hard_limit))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,158 @@
+"""Server-added latency: the same VP8 packet seen leaving the publisher and reaching a viewer.
+
+The publisher and the viewers run on one machine, so `time.monotonic_ns()` is one
+clock for all of them. The publisher notes, for each outgoing video RTP packet, a key
+and the time just before SRTP protects it; a viewer notes the key and the time just
+after SRTP unprotects it and aiortc has parsed and routed it. An SFU that forwards VP8
+byte for byte (Janus; Stage re-packetizes each frame the way aiortc's packetizer cuts
+it) delivers packets with the same keys, so their times can be paired. A server that
+re-encodes (MediaRelay) delivers other bytes, and nothing pairs.
+
+The key is the length of the VP8 data after the payload descriptor and its last 16
+bytes: the descriptor (picture id, flags) is the sender's own and may be rewritten.
+
+What is paired is an upper bound of what the server adds: it also holds SRTP on both
+ends, two trips through the loopback and the two aiortc processes' scheduling.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+
+import numpy
+
+TAIL = 16
+# The same key sent again after this long is the publisher's loop coming round, not a
+# retransmission.
+REPEAT_NS = 3_000_000_000
+
+
+def vp8_key(payload: bytes) -> bytes | None:
+    """Key of a VP8 RTP payload (RFC 7741 §4.2 descriptor skipped), None if malformed."""
+    if not payload:
+        return None
+    offset = 1
+    if payload[0] & 0x80:  # X: an extension byte follows
+        if len(payload) < 2:
+            return None
+        extension = payload[1]
+        offset = 2
+        if extension & 0x80:  # I: picture id, 7 or 15 bits
+            if len(payload) <= offset:
+                return None
+            offset += 2 if payload[offset] & 0x80 else 1
+        if extension & 0x40:  # L: TL0PICIDX
+            offset += 1
+        if extension & 0x30:  # T or K: TID/Y/KEYIDX
+            offset += 1
+    body = payload[offset:]
+    if not body:
+        return None
+    return len(body).to_bytes(2, "big") + body[-TAIL:]
+
+
+def rtp_payload(data: bytes) -> tuple[int, int, bytes] | None:
+    """(payload type, SSRC, payload) of a serialized RTP packet, or None for RTCP."""
+    if len(data) < 12 or 192 <= data[1] <= 208:
+        return None
+    count = data[0] & 0x0F
+    offset = 12 + 4 * count
+    if data[0] & 0x10:  # header extension
+        if len(data) < offset + 4:
+            return None
+        offset += 4 + 4 * int.from_bytes(data[offset + 2 : offset + 4], "big")
+    end = len(data)
+    if data[0] & 0x20:  # padding
+        end -= data[-1]
+    if offset > end:
+        return None
+    return data[1] & 0x7F, int.from_bytes(data[8:12], "big"), data[offset:end]
+
+
+class SendLog:
+    """When each video packet left the publisher, keyed; entries older than `keep` go."""
+
+    def __init__(self, keep: float = 60.0) -> None:
+        self.keep_ns = int(keep * 1e9)
+        self.sent: dict[bytes, int] = {}
+        self._order: collections.deque = collections.deque()
+
+    def note(self, key: bytes) -> None:
+        now = time.monotonic_ns()
+        earlier = self.sent.get(key)
+        if earlier is not None and now - earlier < REPEAT_NS:
+            return  # a retransmission: the first send counts
+        self.sent[key] = now
+        self._order.append((now, key))
+        while self._order and self._order[0][0] < now - self.keep_ns:
+            then, old = self._order.popleft()
+            if self.sent.get(old) == then:  # not sent again since
+                del self.sent[old]
+
+    def since(self, moment_ns: int) -> dict[str, int]:
+        return {k.hex(): t for k, t in self.sent.items() if t >= moment_ns}
+
+
+def watch_publisher(pc, log: SendLog) -> None:
+    """Note the publisher's outgoing video packets in `log`, before SRTP protects them."""
+    video = next(s for s in pc.getSenders() if s.track and s.track.kind == "video")
+    transport = video.transport
+    original = transport._send_rtp
+    ssrc = video._ssrc
+
+    async def send_rtp(data: bytes) -> None:
+        parsed = rtp_payload(data)
+        if parsed is not None and parsed[1] == ssrc:
+            key = vp8_key(parsed[2])
+            if key is not None:
+                log.note(key)
+        await original(data)
+
+    transport._send_rtp = send_rtp
+
+
+class ArrivalLog:
+    """When each video packet reached a viewer, keyed; only while recording."""
+
+    def __init__(self) -> None:
+        self.arrived: dict[bytes, int] = {}
+        self.recording = False
+
+    def watch(self, receiver, payload_type: int) -> None:
+        """Note the video packets with `payload_type` that `receiver` gets, after SRTP."""
+        original = receiver._handle_rtp_packet
+
+        async def handle_rtp_packet(packet, arrival_time_ms: int) -> None:
+            if self.recording and packet.payload_type == payload_type:
+                now = time.monotonic_ns()
+                key = vp8_key(packet.payload)
+                if key is not None and key not in self.arrived:
+                    self.arrived[key] = now
+            await original(packet, arrival_time_ms)
+
+        receiver._handle_rtp_packet = handle_rtp_packet
+
+    def start(self) -> None:
+        self.arrived.clear()
+        self.recording = True
+
+    def pair(self, sent: dict[str, int]) -> tuple[list[int], int]:
+        """Delays in µs of the packets found in `sent`, and how many arrived in all."""
+        self.recording = False
+        delays = []
+        for key, arrival in self.arrived.items():
+            departure = sent.get(key.hex())
+            if departure is not None:
+                delays.append((arrival - departure) // 1000)
+        arrived = len(self.arrived)
+        self.arrived.clear()
+        return delays, arrived
+
+
+def percentiles(delays_us: list[int]) -> tuple[float | None, float | None]:
+    """p50 and p99 in ms."""
+    if not delays_us:
+        return None, None
+    p50, p99 = numpy.percentile(numpy.asarray(delays_us), [50, 99])
+    return float(p50) / 1000, float(p99) / 1000
