@@ -1,15 +1,20 @@
-"""Server-added latency: the same VP8 packet seen leaving the publisher and reaching a viewer.
+"""Server-added latency: the same VP8 frame seen leaving the publisher and reaching a viewer.
 
 The publisher and the viewers run on one machine, so `time.monotonic_ns()` is one
-clock for all of them. The publisher notes, for each outgoing video RTP packet, a key
-and the time just before SRTP protects it; a viewer notes the key and the time just
-after SRTP unprotects it and aiortc has parsed and routed it. An SFU that forwards VP8
-byte for byte (Janus; Stage re-packetizes each frame the way aiortc's packetizer cuts
-it) delivers packets with the same keys, so their times can be paired. A server that
-re-encodes (MediaRelay) delivers other bytes, and nothing pairs.
+clock for all of them. The publisher notes, for the last RTP packet of each video
+frame (marker bit), a key and the time just before SRTP protects it; a viewer notes
+the key and the time just after SRTP unprotects the last packet of a frame and aiortc
+has parsed and routed it. The key is the last 16 bytes of the frame, which is the end
+of that packet's VP8 data after the payload descriptor (RFC 7741 §4.2: the descriptor
+is the sender's own and may be rewritten). An SFU that forwards the VP8 frame as it
+came (Janus byte for byte; Stage after cutting it into packets of its own size)
+delivers the same bytes, so the two times can be paired. A server that re-encodes
+(MediaRelay) delivers other bytes, and nothing pairs.
 
-The key is the length of the VP8 data after the payload descriptor and its last 16
-bytes: the descriptor (picture id, flags) is the sender's own and may be rewritten.
+Only the last packet of each frame is paired because a server may cut a frame at
+other places than the publisher did (Stage does), so other packets need not have a
+counterpart; the last one's arrival is when the viewer has the whole frame. A frame
+whose last packet holds fewer than 16 bytes of VP8 data is left out.
 
 What is paired is an upper bound of what the server adds: it also holds SRTP on both
 ends, two trips through the loopback and the two aiortc processes' scheduling.
@@ -29,7 +34,7 @@ REPEAT_NS = 3_000_000_000
 
 
 def vp8_key(payload: bytes) -> bytes | None:
-    """Key of a VP8 RTP payload (RFC 7741 §4.2 descriptor skipped), None if malformed."""
+    """The last TAIL bytes of a VP8 RTP payload's data (descriptor skipped), or None."""
     if not payload:
         return None
     offset = 1
@@ -46,14 +51,13 @@ def vp8_key(payload: bytes) -> bytes | None:
             offset += 1
         if extension & 0x30:  # T or K: TID/Y/KEYIDX
             offset += 1
-    body = payload[offset:]
-    if not body:
+    if len(payload) - offset < TAIL:
         return None
-    return len(body).to_bytes(2, "big") + body[-TAIL:]
+    return payload[-TAIL:]
 
 
-def rtp_payload(data: bytes) -> tuple[int, int, bytes] | None:
-    """(payload type, SSRC, payload) of a serialized RTP packet, or None for RTCP."""
+def rtp_payload(data: bytes) -> tuple[bool, int, bytes] | None:
+    """(marker, SSRC, payload) of a serialized RTP packet, or None for RTCP."""
     if len(data) < 12 or 192 <= data[1] <= 208:
         return None
     count = data[0] & 0x0F
@@ -67,11 +71,12 @@ def rtp_payload(data: bytes) -> tuple[int, int, bytes] | None:
         end -= data[-1]
     if offset > end:
         return None
-    return data[1] & 0x7F, int.from_bytes(data[8:12], "big"), data[offset:end]
+    return bool(data[1] & 0x80), int.from_bytes(data[8:12], "big"), data[offset:end]
 
 
 class SendLog:
-    """When each video packet left the publisher, keyed; entries older than `keep` go."""
+    """When each video frame's last packet left the publisher, by key; entries older
+    than `keep` seconds go."""
 
     def __init__(self, keep: float = 60.0) -> None:
         self.keep_ns = int(keep * 1e9)
@@ -95,7 +100,7 @@ class SendLog:
 
 
 def watch_publisher(pc, log: SendLog) -> None:
-    """Note the publisher's outgoing video packets in `log`, before SRTP protects them."""
+    """Note the publisher's video frames' last packets in `log`, before SRTP."""
     video = next(s for s in pc.getSenders() if s.track and s.track.kind == "video")
     transport = video.transport
     original = transport._send_rtp
@@ -103,7 +108,7 @@ def watch_publisher(pc, log: SendLog) -> None:
 
     async def send_rtp(data: bytes) -> None:
         parsed = rtp_payload(data)
-        if parsed is not None and parsed[1] == ssrc:
+        if parsed is not None and parsed[0] and parsed[1] == ssrc:
             key = vp8_key(parsed[2])
             if key is not None:
                 log.note(key)
@@ -113,18 +118,18 @@ def watch_publisher(pc, log: SendLog) -> None:
 
 
 class ArrivalLog:
-    """When each video packet reached a viewer, keyed; only while recording."""
+    """When each video frame's last packet reached a viewer, by key; while recording."""
 
     def __init__(self) -> None:
         self.arrived: dict[bytes, int] = {}
         self.recording = False
 
     def watch(self, receiver, payload_type: int) -> None:
-        """Note the video packets with `payload_type` that `receiver` gets, after SRTP."""
+        """Note the frames' last packets with `payload_type` that `receiver` gets."""
         original = receiver._handle_rtp_packet
 
         async def handle_rtp_packet(packet, arrival_time_ms: int) -> None:
-            if self.recording and packet.payload_type == payload_type:
+            if self.recording and packet.marker and packet.payload_type == payload_type:
                 now = time.monotonic_ns()
                 key = vp8_key(packet.payload)
                 if key is not None and key not in self.arrived:
@@ -138,7 +143,7 @@ class ArrivalLog:
         self.recording = True
 
     def pair(self, sent: dict[str, int]) -> tuple[list[int], int]:
-        """Delays in µs of the packets found in `sent`, and how many arrived in all."""
+        """Delays in µs of the frames found in `sent`, and how many arrived in all."""
         self.recording = False
         delays = []
         for key, arrival in self.arrived.items():

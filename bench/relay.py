@@ -12,8 +12,8 @@ aiortc's examples do); Janus 1.1.2 with its VideoRoom plugin (`bench/janus.py`).
 whole run happens in a private network namespace (`bench/netns.py`, needs root), where
 127.0.0.1 is the only address there is.
 
-One publisher (`bench/publisher.py`: 640x480 VP8 at 30 fps of moving grain, held at
-1 Mb/s, plus Opus) runs in this process and is connected only to the server being
+One publisher (`bench/publisher.py`: 640x480 VP8 at 30 fps of moving grain, a loop
+encoded once at 1 Mb/s and sent as packets, plus Opus) runs in this process and is connected only to the server being
 measured. Viewers run in their own processes (`bench/viewers.py`, --per-process
 each); they count frames and RTP packets without decoding, except two that decode to
 show that the stream is watchable.
@@ -22,15 +22,15 @@ For each N: server CPU (user+sys over a fixed window, % of one core); "waiting",
 time its threads were ready but had no core (a low CPU figure with much waiting means
 starved, not idle); RSS; RTP packets per second all viewers received; packets per
 core-second; viewers' video fps (min and median); the decoders' fps; the latency the
-server adds (`bench/latency.py`, p50/p99 over every paired packet of every viewer; an
+server adds (`bench/latency.py`, p50/p99 over the paired frames of every viewer; an
 upper bound; n/a for MediaRelay, which re-encodes); and the CPU of the viewer processes.
 Per viewer = (CPU with N viewers - CPU with the publisher alone) / N, each server
 against its own publisher-only figure.
 
 Rounds go over N, and for each N over the servers in an order that rotates each round;
 medians over rounds are printed. A server whose viewers' median fps falls below
---collapse-fps at some N is not taken to a larger N (the run says so); MediaRelay is
-not taken past --reference-max. New measurements stop being started after --budget
+--collapse-fps at some N is not taken to a larger N (the run says so); MediaRelay,
+which collapses by design, is instead not taken past --reference-max. New measurements stop being started after --budget
 seconds, and the run is killed at --hard-limit whatever happens.
 """
 
@@ -121,7 +121,7 @@ async def measure(server, viewers: int, args, pc, log: SendLog) -> dict:
         "decoded_sizes": [b[1:] for b in decoded1],
         "latency_p50_ms": p50,
         "latency_p99_ms": p99,
-        "latency_packets": len(delays),
+        "latency_frames": len(delays),
         "latency_matched": len(delays) / arrived if arrived else None,
         "latency_paired_arrived": per_viewer,
         "publisher_kbps": (bytes1 - bytes0) * 8 / elapsed / 1000,
@@ -180,9 +180,12 @@ async def run(args) -> dict:
                         await unpublish()
                     rows[server.name].setdefault(n, []).append(row)
                     print_measurement(round_ + 1, server.name, row)
+                    # MediaRelay collapses by design (an encode per viewer); it is
+                    # bounded by --reference-max instead.
                     if (
                         n
                         and row["fps_median"] < args.collapse_fps
+                        and server.name != "mediarelay"
                         and n < ceiling[server.name]
                     ):
                         ceiling[server.name] = n
