@@ -101,7 +101,7 @@ class SendLog:
 
 def watch_publisher(pc, log: SendLog) -> None:
     """Note the publisher's video frames' last packets in `log`, before SRTP."""
-    video = next(s for s in pc.getSenders() if s.track and s.track.kind == "video")
+    video = next(s for s in pc.getSenders() if s.kind == "video")
     transport = video.transport
     original = transport._send_rtp
     ssrc = video._ssrc
@@ -130,13 +130,17 @@ class ArrivalLog:
 
         async def handle_rtp_packet(packet, arrival_time_ms: int) -> None:
             if self.recording and packet.marker and packet.payload_type == payload_type:
-                now = time.monotonic_ns()
-                key = vp8_key(packet.payload)
-                if key is not None and key not in self.arrived:
-                    self.arrived[key] = now
+                self.note(packet.payload)
             await original(packet, arrival_time_ms)
 
         receiver._handle_rtp_packet = handle_rtp_packet
+
+    def note(self, payload: bytes) -> None:
+        """A frame's last packet arrived now, with this (decrypted) VP8 payload."""
+        now = time.monotonic_ns()
+        key = vp8_key(payload)
+        if key is not None and key not in self.arrived:
+            self.arrived[key] = now
 
     def start(self) -> None:
         self.arrived.clear()

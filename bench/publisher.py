@@ -40,6 +40,7 @@ FPS = 30
 WIDTH, HEIGHT = 640, 480
 LOOP_SECONDS = 20
 KEYFRAME_EVERY = 60  # frames
+KEYFRAME_GAP = 0.5  # seconds at least between keyframes sent on request
 LOOP_FILE = ROOT / "bench" / "results" / "publisher-loop-v1.ivf"
 
 
@@ -106,8 +107,10 @@ class LoopTrack(MediaStreamTrack):
     """Plays the encoded loop in real time as packets, so the sender only packetizes.
 
     A keyframe request from the server (PLI or FIR) makes the loop jump ahead to its
-    next keyframe, as an encoder would make one. Timestamps keep running across the
-    jumps and the loop's end."""
+    next keyframe, as an encoder would make one, but at most one keyframe every
+    KEYFRAME_GAP seconds (a later request waits): on a saturated machine every lost
+    packet brings a request, and a keyframe for each would multiply the bitrate.
+    Timestamps keep running across the jumps and the loop's end."""
 
     kind = "video"
 
@@ -116,11 +119,15 @@ class LoopTrack(MediaStreamTrack):
         self.frames = frames
         self.sender = None  # set once the track has its sender
         self.sent = 0
+        self.keyframes = 0
+        self._last_keyframe = float("-inf")
         self._position = 0
         self._start: float | None = None
 
-    def _keyframe_requested(self) -> bool:
+    def _keyframe_due(self, now: float) -> bool:
         if self.sender is None or not self.sender._RTCRtpSender__force_keyframe:
+            return False
+        if now - self._last_keyframe < KEYFRAME_GAP:
             return False
         self.sender._RTCRtpSender__force_keyframe = False
         return True
@@ -130,10 +137,14 @@ class LoopTrack(MediaStreamTrack):
             self._start = time.monotonic()
         due = self._start + self.sent / FPS
         await asyncio.sleep(max(0, due - time.monotonic()))
-        if self._keyframe_requested():
+        now = time.monotonic()
+        if self._keyframe_due(now):
             while not self.frames[self._position % len(self.frames)][1]:
                 self._position += 1
-        data, _ = self.frames[self._position % len(self.frames)]
+        data, keyframe = self.frames[self._position % len(self.frames)]
+        if keyframe:
+            self.keyframes += 1
+            self._last_keyframe = now
         packet = av.Packet(data)
         packet.pts = self.sent * (VIDEO_RATE // FPS)
         packet.time_base = fractions.Fraction(1, VIDEO_RATE)
@@ -142,28 +153,32 @@ class LoopTrack(MediaStreamTrack):
         return packet
 
 
-def add_tracks(pc: RTCPeerConnection, frames) -> LoopTrack:
-    pc.addTransceiver(ToneTrack(), direction="sendonly")
-    video = LoopTrack(frames)
-    transceiver = pc.addTransceiver(video, direction="sendonly")
-    video.sender = transceiver.sender
-    return video
+class Published:
+    """A publisher connected to a server: its peer connection, its video, and how to
+    unpublish. The figures stay readable after the connection failed or closed."""
+
+    def __init__(self, pc: RTCPeerConnection, frames) -> None:
+        self.pc = pc
+        pc.addTransceiver(ToneTrack(), direction="sendonly")
+        self.video = LoopTrack(frames)
+        self.sender = pc.addTransceiver(self.video, direction="sendonly").sender
+        self.video.sender = self.sender
+        self.stop = pc.close
+
+    def sent(self) -> tuple[int, int, int]:
+        """(frames, keyframes, payload bytes) of video sent so far."""
+        octets = self.sender._RTCRtpSender__octet_count
+        return self.video.sent, self.video.keyframes, octets
+
+    @property
+    def connected(self) -> bool:
+        return self.pc.connectionState == "connected"
 
 
-def video_sender(pc: RTCPeerConnection):
-    return next(s for s in pc.getSenders() if s.track and s.track.kind == "video")
-
-
-def video_sent(pc: RTCPeerConnection) -> tuple[int, int]:
-    """(frames, payload bytes) of video the publisher has sent so far."""
-    sender = video_sender(pc)
-    return sender.track.sent, sender._RTCRtpSender__octet_count
-
-
-async def publish_whip(base: str, stage: dict, frames, log: SendLog) -> tuple:
-    """Publish over WHIP; returns the peer connection and a coroutine that unpublishes."""
+async def publish_whip(base: str, stage: dict, frames, log: SendLog) -> Published:
+    """Publish over WHIP."""
     publisher = Publisher(base, stage["id"], stage["key"])
-    add_tracks(publisher.pc, frames)
+    published = Published(publisher.pc, frames)
     await publisher.start(audio=False, video=False)
     watch_publisher(publisher.pc, log)
 
@@ -174,35 +189,40 @@ async def publish_whip(base: str, stage: dict, frames, log: SendLog) -> tuple:
             logger.warning("publisher: DELETE answered %s", status)
             await publisher.pc.close()
 
-    return publisher.pc, stop
+    published.stop = stop
+    return published
 
 
-async def publish_janus(url: str, frames, log: SendLog) -> tuple:
-    """Join the VideoRoom as its publisher; returns the peer connection, an
-    unpublish coroutine and the publisher's id (the feed viewers subscribe to)."""
+async def publish_janus(url: str, frames, log: SendLog) -> tuple[Published, int]:
+    """Join the VideoRoom as its publisher; returns the publisher and its id in the
+    room (the feed viewers subscribe to)."""
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    add_tracks(pc, frames)
+    published = Published(pc, frames)
     await pc.setLocalDescription(await pc.createOffer())
     session = await JanusSession(url).create()
-    handle = await session.attach()
-    joined = await session.message(
-        handle,
-        {"request": "joinandconfigure", "room": ROOM, "ptype": "publisher"},
-        {"type": "offer", "sdp": pc.localDescription.sdp, "trickle": False},
-    )
-    await pc.setRemoteDescription(
-        RTCSessionDescription(joined["jsep"]["sdp"], "answer")
-    )
-    for _ in range(400):
-        if pc.connectionState == "connected":
-            break
-        await asyncio.sleep(0.05)
-    else:
-        raise RuntimeError(f"publisher's peer connection is {pc.connectionState}")
-    watch_publisher(pc, log)
 
     async def stop() -> None:
         await session.destroy()
         await pc.close()
 
-    return pc, stop, joined["id"]
+    published.stop = stop
+    try:
+        handle = await session.attach()
+        joined = await session.message(
+            handle,
+            {"request": "joinandconfigure", "room": ROOM, "ptype": "publisher"},
+            {"type": "offer", "sdp": pc.localDescription.sdp, "trickle": False},
+        )
+        answer = RTCSessionDescription(joined["jsep"]["sdp"], "answer")
+        await pc.setRemoteDescription(answer)
+        for _ in range(400):
+            if pc.connectionState == "connected":
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise RuntimeError(f"publisher's peer connection is {pc.connectionState}")
+    except BaseException:
+        await stop()
+        raise
+    watch_publisher(pc, log)
+    return published, joined["id"]

@@ -29,8 +29,9 @@ against its own publisher-only figure.
 
 Rounds go over N, and for each N over the servers in an order that rotates each round;
 medians over rounds are printed. A server whose viewers' median fps falls below
---collapse-fps at some N is not taken to a larger N (the run says so); MediaRelay,
-which collapses by design, is instead not taken past --reference-max. New measurements stop being started after --budget
+--collapse-fps at some N is not taken to a larger N in that round, nor in any later
+round once it collapsed at that N twice (the run says so); MediaRelay, which
+collapses by design, is instead not taken past --reference-max. New measurements stop being started after --budget
 seconds, and the run is killed at --hard-limit whatever happens.
 """
 
@@ -38,9 +39,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
+import logging
+import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,8 +53,10 @@ from stage.relay.ice import gather_on
 
 from . import machine, netns
 from .latency import SendLog, percentiles
-from .publisher import load_loop, video_sent
+from .publisher import load_loop
 from .servers import JanusServer, PythonServer, ViewerProcess, split
+
+logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -67,13 +72,28 @@ def clients_cpu(groups: list[ViewerProcess]) -> float:
     return sum(machine.cpu_seconds(g.pid) for g in groups)
 
 
-async def measure(server, viewers: int, args, pc, log: SendLog) -> dict:
+async def publish_and_measure(server, viewers: int, args, frames, log) -> dict:
+    published = await server.publish(frames, log)
+    try:
+        await asyncio.sleep(2)  # the first keyframe
+        return await measure(server, viewers, args, published, log)
+    finally:
+        await published.stop()
+
+
+async def measure(server, viewers: int, args, published, log: SendLog) -> dict:
     sizes = split(viewers, args.per_process)
     where = server.viewer_args()
     groups = await asyncio.gather(
         *(
             ViewerProcess.start(
-                [*where, "--decoders", str(min(2, size) if i == 0 else 0)], size
+                [
+                    *where,
+                    *(["--light"] if args.light else []),
+                    "--decoders",
+                    str(min(2, size) if i == 0 else 0),
+                ],
+                size,
             )
             for i, size in enumerate(sizes)
         )
@@ -86,11 +106,11 @@ async def measure(server, viewers: int, args, pc, log: SendLog) -> dict:
         marked = time.monotonic_ns()
         cpu0, wait0 = machine.cpu_seconds(pid), machine.run_queue_seconds(pid)
         clients0, busy0 = clients_cpu(groups), machine.machine_busy()[0]
-        (frames0, bytes0), t0 = video_sent(pc), time.monotonic()
+        (frames0, keys0, bytes0), t0 = published.sent(), time.monotonic()
         await asyncio.sleep(args.seconds)
         cpu1, wait1 = machine.cpu_seconds(pid), machine.run_queue_seconds(pid)
         clients1, busy1 = clients_cpu(groups), machine.machine_busy()[0]
-        (frames1, bytes1), t1 = video_sent(pc), time.monotonic()
+        (frames1, keys1, bytes1), t1 = published.sent(), time.monotonic()
         last = await asyncio.gather(*(g.ask("sample") for g in groups))
         sent = json.dumps(log.since(marked - 2_000_000_000))
         paired = await asyncio.gather(*(g.ask(f"pair {sent}") for g in groups))
@@ -126,9 +146,58 @@ async def measure(server, viewers: int, args, pc, log: SendLog) -> dict:
         "latency_paired_arrived": per_viewer,
         "publisher_kbps": (bytes1 - bytes0) * 8 / elapsed / 1000,
         "publisher_fps": (frames1 - frames0) / elapsed,
+        "publisher_keyframes_per_second": (keys1 - keys0) / elapsed,
+        "publisher_connected": published.connected,
         "clients_cpu_percent": 100 * (clients1 - clients0) / elapsed,
         "machine_cpu_percent": 100 * (busy1 - busy0) / elapsed,
     }
+
+
+class Escalation:
+    """How far each server is taken. Within a round, a server whose viewers' median
+    fps fell below --collapse-fps at some N is not taken to a larger N; a server that
+    collapsed at the same N in two rounds is not taken past it in any later round
+    (once could be a burst of load from elsewhere). MediaRelay collapses by design,
+    with an encode per viewer, and is bounded by --reference-max instead."""
+
+    def __init__(self, args) -> None:
+        self.largest = max(args.viewers)
+        self.reference_max = args.reference_max
+        self.collapse_fps = args.collapse_fps
+        self.collapses: dict[str, collections.Counter] = collections.defaultdict(
+            collections.Counter
+        )
+        self.stopped: set[str] = set()
+
+    def new_round(self) -> None:
+        self.stopped.clear()
+
+    def allows(self, name: str, n: int) -> bool:
+        if name == "mediarelay":
+            return n <= self.reference_max
+        if name in self.stopped:
+            return False
+        return not any(c >= 2 for m, c in self.collapses[name].items() if m < n)
+
+    def fail(self, name: str, n: int, error: Exception, round_: int) -> str:
+        self.collapses[name][n] += 1
+        self.stopped.add(name)
+        return (
+            f"{name}: the measurement at {n} viewers in round {round_} failed "
+            f"({error!r}): not taken further this round"
+        )
+
+    def record(self, name: str, n: int, row: dict, round_: int) -> str | None:
+        fps = row["fps_median"]
+        if name == "mediarelay" or not n or fps >= self.collapse_fps:
+            return None
+        self.collapses[name][n] += 1
+        self.stopped.add(name)
+        return (
+            f"{name}: viewers' median fps {fps:.1f} at {n} viewers in round "
+            f"{round_} (collapsed there {self.collapses[name][n]} times): "
+            f"not taken further this round"
+        )
 
 
 def start_servers(args, data: str) -> list:
@@ -154,9 +223,7 @@ async def run(args) -> dict:
     started = time.monotonic()
     data = tempfile.mkdtemp(prefix="stage-bench-")
     servers = start_servers(args, data)
-    ceiling = {s.name: max(args.viewers) for s in servers}
-    if "mediarelay" in ceiling:
-        ceiling["mediarelay"] = args.reference_max
+    escalation = Escalation(args)
     rows: dict[str, dict[int, list[dict]]] = {s.name: {} for s in servers}
     notes: list[str] = []
     log = SendLog()
@@ -164,36 +231,25 @@ async def run(args) -> dict:
         for server in servers:
             await server.ready()
         for round_ in range(args.rounds):
+            escalation.new_round()
             for n in args.viewers:
                 turn = round_ % len(servers)
                 for server in servers[turn:] + servers[:turn]:
-                    if n > ceiling[server.name]:
+                    if not escalation.allows(server.name, n):
                         continue
                     if time.monotonic() - started > args.budget:
                         notes.append(f"budget of {args.budget:.0f} s spent: stopped")
                         raise OutOfBudget
-                    pc, unpublish = await server.publish(frames, log)
-                    await asyncio.sleep(2)  # the first keyframe, the encoder settles
                     try:
-                        row = await measure(server, n, args, pc, log)
-                    finally:
-                        await unpublish()
-                    rows[server.name].setdefault(n, []).append(row)
-                    print_measurement(round_ + 1, server.name, row)
-                    # MediaRelay collapses by design (an encode per viewer); it is
-                    # bounded by --reference-max instead.
-                    if (
-                        n
-                        and row["fps_median"] < args.collapse_fps
-                        and server.name != "mediarelay"
-                        and n < ceiling[server.name]
-                    ):
-                        ceiling[server.name] = n
-                        note = (
-                            f"{server.name}: viewers' median fps "
-                            f"{row['fps_median']:.1f} at {n} viewers (round "
-                            f"{round_ + 1}): not taken past {n}"
-                        )
+                        row = await publish_and_measure(server, n, args, frames, log)
+                    except Exception as exc:  # noted; the run goes on without it
+                        logger.exception("%s at %d viewers failed", server.name, n)
+                        note = escalation.fail(server.name, n, exc, round_ + 1)
+                    else:
+                        rows[server.name].setdefault(n, []).append(row)
+                        print_measurement(round_ + 1, server.name, row)
+                        note = escalation.record(server.name, n, row, round_ + 1)
+                    if note:
                         notes.append(note)
                         print(note, flush=True)
                     await asyncio.sleep(1)
@@ -202,7 +258,7 @@ async def run(args) -> dict:
     finally:
         for server in servers:
             server.stop()
-        subprocess.run(["rm", "-rf", data], check=False)
+        shutil.rmtree(data, ignore_errors=True)
     return {
         "results": {name: summarise(by_count) for name, by_count in rows.items()},
         "rounds": rows,
@@ -221,7 +277,9 @@ def print_measurement(round_: int, name: str, row: dict) -> None:
         f"p99 {number(row['latency_p99_ms'], '.1f')} ms  "
         f"clients {row['clients_cpu_percent']:.0f} %  "
         f"machine {row['machine_cpu_percent']:.0f} %  "
-        f"publisher {row['publisher_fps']:.1f} fps {row['publisher_kbps']:.0f} kb/s",
+        f"publisher {row['publisher_fps']:.1f} fps "
+        f"{row['publisher_keyframes_per_second']:.1f} keyframes/s "
+        f"{row['publisher_kbps']:.0f} kb/s",
         flush=True,
     )
 
@@ -247,6 +305,7 @@ def summarise(by_count: dict[int, list[dict]]) -> list[dict]:
             "latency_matched",
             "publisher_kbps",
             "publisher_fps",
+            "publisher_keyframes_per_second",
             "clients_cpu_percent",
             "machine_cpu_percent",
         ):
@@ -397,6 +456,12 @@ def main() -> None:
         type=int,
         default=2,
         help="Janus's event_loops; 0 keeps its default of a thread per handle",
+    )
+    parser.add_argument(
+        "--full-viewers",
+        dest="light",
+        action="store_false",
+        help="counting viewers use aiortc's whole receive path (RTCP, NACK)",
     )
     parser.add_argument("--hard-limit", type=float, default=3600)
     parser.add_argument("--budget", type=float, help="default: hard limit - 240 s")

@@ -87,8 +87,8 @@ class JanusServer:
         await self.janus.ready()
 
     async def publish(self, frames, log: SendLog):
-        pc, stop, self.feed = await publish_janus(self.janus.url, frames, log)
-        return pc, stop
+        published, self.feed = await publish_janus(self.janus.url, frames, log)
+        return published
 
     def viewer_args(self) -> list[str]:
         return ["--janus", self.janus.url, "--feed", str(self.feed)]

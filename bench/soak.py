@@ -74,7 +74,7 @@ async def soak(args) -> dict:
     samples: list[dict] = []
     try:
         await server.ready()
-        pc, unpublish = await server.publish(frames, SendLog())
+        published = await server.publish(frames, SendLog())
         await asyncio.sleep(3)
         baseline = []
         for _ in range(3):
@@ -87,6 +87,8 @@ async def soak(args) -> dict:
         )
 
         where = ["--whep", server.base, "--churn", *map(str, args.lifetime)]
+        if args.light:
+            where.append("--light")
         groups = await asyncio.gather(
             *(
                 ViewerProcess.start(where, size)
@@ -115,7 +117,9 @@ async def soak(args) -> dict:
         groups = []
         await asyncio.sleep(10)
         after = note(server.pid)
-        await unpublish()
+        if not published.connected:
+            raise RuntimeError("the publisher's connection dropped during the soak")
+        await published.stop()
     finally:
         await asyncio.gather(*(g.stop() for g in groups))
         server.stop()
@@ -164,6 +168,7 @@ def main() -> None:
     parser.add_argument("--lifetime", type=float, nargs=2, default=[5, 40])
     parser.add_argument("--every", type=float, default=5)
     parser.add_argument("--per-process", type=int, default=10)
+    parser.add_argument("--full-viewers", dest="light", action="store_false")
     args = parser.parse_args()
     start_machine = machine.describe()
 
