@@ -137,6 +137,7 @@ async def measure(server, viewers: int, args, published, log: SendLog) -> dict:
         "packets_per_second": packets / elapsed,
         "fps_min": min(fps) if fps else None,
         "fps_median": statistics.median(fps) if fps else None,
+        "viewers_below_15fps": sum(1 for f in fps if f < 15),
         "decoded_fps": [(b[0] - a[0]) / elapsed for a, b in zip(decoded0, decoded1)],
         "decoded_sizes": [b[1:] for b in decoded1],
         "latency_p50_ms": p50,
@@ -222,48 +223,58 @@ async def run(args) -> dict:
     frames = load_loop()
     started = time.monotonic()
     data = tempfile.mkdtemp(prefix="stage-bench-")
-    servers = start_servers(args, data)
     escalation = Escalation(args)
-    rows: dict[str, dict[int, list[dict]]] = {s.name: {} for s in servers}
+    rows: dict[str, dict[int, list[dict]]] = {name: {} for name in args.systems}
     notes: list[str] = []
     log = SendLog()
     try:
-        for server in servers:
-            await server.ready()
         for round_ in range(args.rounds):
-            escalation.new_round()
-            for n in args.viewers:
-                turn = round_ % len(servers)
-                for server in servers[turn:] + servers[:turn]:
-                    if not escalation.allows(server.name, n):
-                        continue
-                    if time.monotonic() - started > args.budget:
-                        notes.append(f"budget of {args.budget:.0f} s spent: stopped")
-                        raise OutOfBudget
-                    try:
-                        row = await publish_and_measure(server, n, args, frames, log)
-                    except Exception as exc:  # noted; the run goes on without it
-                        logger.exception("%s at %d viewers failed", server.name, n)
-                        note = escalation.fail(server.name, n, exc, round_ + 1)
-                    else:
-                        rows[server.name].setdefault(n, []).append(row)
-                        print_measurement(round_ + 1, server.name, row)
-                        note = escalation.record(server.name, n, row, round_ + 1)
-                    if note:
-                        notes.append(note)
-                        print(note, flush=True)
-                    await asyncio.sleep(1)
+            # Fresh server processes each round: RSS at N then holds only what N and
+            # the smaller counts before it left behind.
+            servers = start_servers(args, tempfile.mkdtemp(dir=data))
+            try:
+                for server in servers:
+                    await server.ready()
+                escalation.new_round()
+                for n in args.viewers:
+                    turn = round_ % len(servers)
+                    for server in servers[turn:] + servers[:turn]:
+                        if not escalation.allows(server.name, n):
+                            continue
+                        if time.monotonic() - started > args.budget:
+                            notes.append(f"budget of {args.budget:.0f} s spent")
+                            raise OutOfBudget
+                        note = await one_measurement(
+                            server, n, round_ + 1, args, frames, log, rows, escalation
+                        )
+                        if note:
+                            notes.append(note)
+                            print(note, flush=True)
+                        await asyncio.sleep(1)
+            finally:
+                for server in servers:
+                    server.stop()
     except OutOfBudget:
         pass
     finally:
-        for server in servers:
-            server.stop()
         shutil.rmtree(data, ignore_errors=True)
     return {
         "results": {name: summarise(by_count) for name, by_count in rows.items()},
         "rounds": rows,
         "notes": notes,
     }
+
+
+async def one_measurement(server, n, round_, args, frames, log, rows, escalation):
+    """Measure `server` at `n` viewers; returns a note when it escalates no further."""
+    try:
+        row = await publish_and_measure(server, n, args, frames, log)
+    except Exception as exc:  # noted; the run goes on without it
+        logger.exception("%s at %d viewers failed", server.name, n)
+        return escalation.fail(server.name, n, exc, round_)
+    rows[server.name].setdefault(n, []).append(row)
+    print_measurement(round_, server.name, row)
+    return escalation.record(server.name, n, row, round_)
 
 
 def print_measurement(round_: int, name: str, row: dict) -> None:
@@ -300,6 +311,7 @@ def summarise(by_count: dict[int, list[dict]]) -> list[dict]:
             "rss_mb",
             "packets_per_second",
             "fps_median",
+            "viewers_below_15fps",
             "latency_p50_ms",
             "latency_p99_ms",
             "latency_matched",
@@ -338,13 +350,13 @@ def ratios(results: dict[str, list[dict]]) -> list[dict]:
     for n, mine in sorted(stage.items()):
         if not n or mine["per_viewer_percent"] is None:
             continue
-        row = {"viewers": n}
+        row = {"viewers": n, "stage_fps_median": mine["fps_median"]}
         for name in ("mediarelay", "janus"):
             other = next((r for r in results.get(name, []) if r["viewers"] == n), None)
             if other and other["per_viewer_percent"]:
                 row[name] = mine["per_viewer_percent"] / other["per_viewer_percent"]
                 row[f"{name}_fps_median"] = other["fps_median"]
-        if len(row) > 1:
+        if len(row) > 2:
             out.append(row)
     return out
 
@@ -353,10 +365,10 @@ def number(value, fmt: str) -> str:
     return format(value, fmt) if value is not None else "-"
 
 
-def print_tables(results: dict[str, list[dict]], table: list[dict]) -> None:
+def print_tables(results: dict, table: list[dict], collapse_fps: float) -> None:
     print(
         "\nserver      viewers  CPU %  waiting %  per viewer %  RSS MB  packets/s"
-        "  packets/core-s  marginal  fps min/median  decoded fps  latency p50/p99 ms"
+        "  packets/core-s  marginal  fps min/median <15  decoded fps  latency p50/p99 ms"
         "  clients CPU %  publisher kb/s"
     )
     for name, summary in results.items():
@@ -376,7 +388,8 @@ def print_tables(results: dict[str, list[dict]], table: list[dict]) -> None:
                 f"{r['rss_mb']:6.0f}  {r['packets_per_second']:9.0f}  "
                 f"{number(r['packets_per_core_second'], '14.0f'):>14s}  "
                 f"{number(r['marginal_packets_per_core_second'], '8.0f'):>8s}  "
-                f"{number(r['fps_min'], '.1f') + '/' + number(r['fps_median'], '.1f'):>14s}  "
+                f"{number(r['fps_min'], '.1f') + '/' + number(r['fps_median'], '.1f'):>14s}"
+                f" {number(r['viewers_below_15fps'], '4.0f'):>4s}  "
                 f"{number(r['decoded_fps_min'], '11.1f'):>11s}  "
                 f"{latency:>18s}  "
                 f"{number(r['clients_cpu_percent'], '13.0f'):>13s}  "
@@ -384,16 +397,21 @@ def print_tables(results: dict[str, list[dict]], table: list[dict]) -> None:
             )
     if table:
         print(
-            "\nviewers  Stage per viewer / MediaRelay  (its fps median)"
-            "  Stage per viewer / Janus  (its fps median)"
+            "\nviewers  Stage per viewer / MediaRelay's  / Janus's"
+            "   fps median: Stage  MediaRelay  Janus"
         )
         for r in table:
             print(
-                f"{r['viewers']:7d}  {number(r.get('mediarelay'), '28.3f'):>28s}"
-                f"  ({number(r.get('mediarelay_fps_median'), '.1f'):>4s})"
-                f"            {number(r.get('janus'), '18.3f'):>18s}"
-                f"  ({number(r.get('janus_fps_median'), '.1f'):>4s})"
+                f"{r['viewers']:7d}  {number(r.get('mediarelay'), '.3f'):>31s}"
+                f"  {number(r.get('janus'), '.3f'):>8s}"
+                f"   {number(r['stage_fps_median'], '.1f'):>17s}"
+                f"  {number(r.get('mediarelay_fps_median'), '.1f'):>10s}"
+                f"  {number(r.get('janus_fps_median'), '.1f'):>5s}"
             )
+        print(
+            f"(a ratio where a server's viewers got under {collapse_fps:g} fps compares "
+            "starved servers, not their cost)"
+        )
 
 
 def inner(args) -> None:
@@ -405,7 +423,7 @@ def inner(args) -> None:
     wall = time.monotonic() - t0
     results = outcome["results"]
     table = ratios(results)
-    print_tables(results, table)
+    print_tables(results, table, args.collapse_fps)
     for note in outcome["notes"]:
         print(note)
     end_load = machine.load_average()
