@@ -13,10 +13,11 @@ whole run happens in a private network namespace (`bench/netns.py`, needs root),
 127.0.0.1 is the only address there is.
 
 One publisher (`bench/publisher.py`: 640x480 VP8 at 30 fps of moving grain, a loop
-encoded once at 1 Mb/s and sent as packets, plus Opus) runs in this process and is connected only to the server being
-measured. Viewers run in their own processes (`bench/viewers.py`, --per-process
-each); they count frames and RTP packets without decoding, except two that decode to
-show that the stream is watchable.
+encoded once at 1 Mb/s and sent as packets, plus Opus) runs in this process and is
+connected only to the server being measured. Viewers run in their own processes
+(`bench/viewers.py`, --per-process each); they count frames and RTP packets without
+decoding ("light" viewers by default, see that module; --full-viewers for aiortc's
+whole receive path), except two that decode to show that the stream is watchable.
 
 For each N: server CPU (user+sys over a fixed window, % of one core); "waiting", the
 time its threads were ready but had no core (a low CPU figure with much waiting means
@@ -27,12 +28,15 @@ upper bound; n/a for MediaRelay, which re-encodes); and the CPU of the viewer pr
 Per viewer = (CPU with N viewers - CPU with the publisher alone) / N, each server
 against its own publisher-only figure.
 
-Rounds go over N, and for each N over the servers in an order that rotates each round;
-medians over rounds are printed. A server whose viewers' median fps falls below
---collapse-fps at some N is not taken to a larger N in that round, nor in any later
-round once it collapsed at that N twice (the run says so); MediaRelay, which
-collapses by design, is instead not taken past --reference-max. New measurements stop being started after --budget
-seconds, and the run is killed at --hard-limit whatever happens.
+Rounds go over N, and for each N over the servers in an order that rotates each
+round; each round starts fresh server processes. Printed are medians over the rounds
+in which the server held (viewers' median fps at least --collapse-fps), or over all
+rounds if it never held ("held" says how many). A server whose viewers' median fps
+falls below --collapse-fps at some N is not taken to a larger N in that round, nor in
+any later round once it collapsed at that N twice (the run says so); MediaRelay,
+which collapses by design, is instead not taken past --reference-max. No new
+measurement starts after --budget seconds, and the run is killed at --hard-limit
+whatever happens. `--report FILE` prints the tables of an earlier run's JSON.
 """
 
 from __future__ import annotations
@@ -259,7 +263,10 @@ async def run(args) -> dict:
     finally:
         shutil.rmtree(data, ignore_errors=True)
     return {
-        "results": {name: summarise(by_count) for name, by_count in rows.items()},
+        "results": {
+            name: summarise(by_count, args.collapse_fps)
+            for name, by_count in rows.items()
+        },
         "rounds": rows,
         "notes": notes,
     }
@@ -300,11 +307,22 @@ def median(runs: list[dict], key: str):
     return statistics.median(values) if values else None
 
 
-def summarise(by_count: dict[int, list[dict]]) -> list[dict]:
+def summarise(by_count: dict[int, list[dict]], collapse_fps: float) -> list[dict]:
+    """Medians over the rounds at each N in which the server held (its viewers'
+    median fps at least `collapse_fps`); over all of them if it never held, and then
+    the row says `collapsed`. A round in which the machine starved the server
+    measures the machine, not the server's cost."""
     summary = []
     for n in sorted(by_count):
-        runs = by_count[n]
-        row = {"viewers": n, "rounds": len(runs)}
+        measured = by_count[n]
+        held = [r for r in measured if not n or r["fps_median"] >= collapse_fps]
+        runs = held or measured
+        row = {
+            "viewers": n,
+            "rounds": len(measured),
+            "rounds_held": len(held),
+            "collapsed": not held,
+        }
         for key in (
             "cpu_percent",
             "waiting_percent",
@@ -367,7 +385,7 @@ def number(value, fmt: str) -> str:
 
 def print_tables(results: dict, table: list[dict], collapse_fps: float) -> None:
     print(
-        "\nserver      viewers  CPU %  waiting %  per viewer %  RSS MB  packets/s"
+        "\nserver      viewers  held  CPU %  waiting %  per viewer %  RSS MB  packets/s"
         "  packets/core-s  marginal  fps min/median <15  decoded fps  latency p50/p99 ms"
         "  clients CPU %  publisher kb/s"
     )
@@ -382,7 +400,8 @@ def print_tables(results: dict, table: list[dict], collapse_fps: float) -> None:
                 )
             )
             print(
-                f"{name:10s}  {r['viewers']:7d}  {r['cpu_percent']:5.1f}  "
+                f"{name:10s}  {r['viewers']:7d}  "
+                f"{r['rounds_held']:>2d}/{r['rounds']:<2d} {r['cpu_percent']:5.1f}  "
                 f"{r['waiting_percent']:9.1f}  "
                 f"{number(r['per_viewer_percent'], '12.2f'):>12s}  "
                 f"{r['rss_mb']:6.0f}  {r['packets_per_second']:9.0f}  "
@@ -458,6 +477,25 @@ def inner(args) -> None:
     print(f"\nwritten to {out.relative_to(ROOT)}")
 
 
+def report(path: Path, collapse_fps: float) -> None:
+    saved = json.loads(path.read_text())
+    results = {
+        name: summarise({int(n): runs for n, runs in by_count.items()}, collapse_fps)
+        for name, by_count in saved["rounds"].items()
+    }
+    print_tables(results, ratios(results), collapse_fps)
+    for note in saved["notes"]:
+        print(note)
+    machine_then = saved["machine"]
+    print(
+        f"\n{saved['date']}: nproc {machine_then['nproc']}, "
+        f"{machine_then['cpu_model']}, load average "
+        f"{machine_then['load_average'][0]:.1f} -> "
+        f"{machine_then['load_average_end'][0]:.1f}, whole machine busy "
+        f"{machine_then['busy_cores']:.2f} cores"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -483,10 +521,18 @@ def main() -> None:
     )
     parser.add_argument("--hard-limit", type=float, default=3600)
     parser.add_argument("--budget", type=float, help="default: hard limit - 240 s")
+    parser.add_argument(
+        "--report",
+        metavar="JSON",
+        type=Path,
+        help="print the tables of an earlier run's results file, and run nothing",
+    )
     args = parser.parse_args()
     if args.budget is None:
         args.budget = max(60, args.hard_limit - 240)
-    if netns.inside():
+    if args.report:
+        report(args.report, args.collapse_fps)
+    elif netns.inside():
         inner(args)
     else:
         sys.exit(netns.reexec_inside("bench.relay", sys.argv[1:], args.hard_limit))

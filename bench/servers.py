@@ -144,7 +144,11 @@ class ViewerProcess:
             await self.process.stdin.drain()
             await asyncio.wait_for(self.process.wait(), 30)
         except (TimeoutError, ConnectionError):
-            self.process.kill()
+            if self.process.returncode is None:
+                try:
+                    self.process.kill()
+                except ProcessLookupError:
+                    pass  # it ended meanwhile
             await self.process.wait()
 
 

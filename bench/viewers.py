@@ -262,7 +262,7 @@ class BenchViewer:
         )
         await self._connected()
 
-    async def _connected(self, timeout: float = 20) -> None:
+    async def _connected(self, timeout: float = 30) -> None:
         for _ in range(int(timeout / 0.05)):
             if self.pc.connectionState == "connected":
                 if self.light:
@@ -373,8 +373,13 @@ async def main(args) -> None:
             BenchViewer(decode=n < args.decoders, light=args.light)
             for n in range(args.count)
         ]
-        for viewer in viewers:
-            await watch(viewer, args)
+        try:
+            for viewer in viewers:
+                await watch(viewer, args)
+        except Exception as exc:  # the bench notes it and goes on
+            print(f"failed: {exc!r}", flush=True)
+            await asyncio.gather(*(v.stop() for v in viewers))
+            return
     print("ready", flush=True)
 
     loop = asyncio.get_running_loop()
