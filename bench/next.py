@@ -43,6 +43,7 @@ from pathlib import Path
 
 import aiohttp
 
+from bench.machine import cpu_model, load_average, machine_busy
 from stage.relay.ice import gather_on
 from tests.browser import launch_chromium, new_page
 from tests.peers import PatternTrack, Publisher, ToneTrack, only
@@ -206,31 +207,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
-
-
-def load_average() -> list[float]:
-    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
-
-
-def machine_busy() -> tuple[float, float]:
-    """(busy, stolen) CPU seconds of the machine so far, all cores, from /proc/stat.
-
-    Stolen time is time the hypervisor gave to other guests while this one wanted it.
-    """
-    line = Path("/proc/stat").read_text().splitlines()[0]
-    # user nice system idle iowait irq softirq steal; guest time is inside user.
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (
-        int(x) for x in line.split()[1:9]
-    )
-    tick = os.sysconf("SC_CLK_TCK")
-    return (user + nice + system + irq + softirq) / tick, steal / tick
 
 
 def tree_cpu(root: int) -> float:
