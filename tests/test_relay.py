@@ -253,7 +253,9 @@ def record_rtp(viewer: Viewer) -> dict[str, list]:
         handle = receiver._handle_rtp_packet
         primary = {c.payloadType for c in transceiver._codecs if c.name != "rtx"}
 
-        async def noting(packet, arrival_time_ms, handle=handle, kind=kind, primary=primary):
+        async def noting(
+            packet, arrival_time_ms, handle=handle, kind=kind, primary=primary
+        ):
             if packet.payload_type in primary:
                 seen[kind].append((packet.sequence_number, packet.timestamp))
             await handle(packet, arrival_time_ms)
@@ -313,7 +315,9 @@ async def test_fifty_viewers_nexting_onto_one_stage_cause_few_keyframe_requests(
     requests = keyframe_requests(publisher)
 
     # Existing viewers of the target stage, and 50 viewers on the other stage.
-    audience = [await Viewer(server.base).start(stage_id=target["id"]) for _ in range(2)]
+    audience = [
+        await Viewer(server.base).start(stage_id=target["id"]) for _ in range(2)
+    ]
     crowd = []
     for _ in range(5):
         batch = [CountingViewer(server.base) for _ in range(10)]

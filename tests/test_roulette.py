@@ -44,7 +44,9 @@ def test_every_stage_gets_at_least_half_its_fair_share():
     for _ in range(1000):
         viewer = rng.choice(viewers)
         picked = choose(
-            list(stages.values()), current=viewer["on"], recent=viewer["recent"][-3:],
+            list(stages.values()),
+            current=viewer["on"],
+            recent=viewer["recent"][-3:],
             rng=rng,
         )
         stages[viewer["on"]].watching -= 1

@@ -255,4 +255,3 @@ def answer_playout_delay(pc: RTCPeerConnection, transceiver) -> None:
                 transceiver._headerExtensions.append(
                     RTCRtpHeaderExtensionParameters(id=extension.id, uri=extension.uri)
                 )
-
