@@ -15,8 +15,9 @@ the RSS is noted once more.
 
 Printed: RSS per viewer (median over the samples of (RSS - baseline) / viewers
 watching), the slope of RSS over time after the first minute (least squares, MB per
-minute; flat is good), the same for the second half alone, and RSS and file
-descriptors after everyone left against the baseline. JSON goes to bench/results/.
+minute; flat is good; over the whole run if it lasts under two minutes, and then
+it mostly shows the viewers arriving), the same for the second half alone, and RSS
+and file descriptors after everyone left against the baseline. JSON goes to bench/results/.
 The run stops by itself; a hard limit of --minutes + 4 minutes ends it regardless.
 """
 
@@ -132,7 +133,9 @@ def summarise(run: dict) -> dict:
     base_fds = statistics.median(b["fds"] for b in run["baseline"])
     samples = run["samples"]
     watched = [s for s in samples if s["active"]]
-    steady = [s for s in samples if s["t"] >= WARM_UP] or samples
+    # A run too short to leave the warm-up out gets the slope of all of it.
+    warm_up = WARM_UP if samples[-1]["t"] >= 2 * WARM_UP else 0.0
+    steady = [s for s in samples if s["t"] >= warm_up]
     second_half = [s for s in samples if s["t"] >= samples[-1]["t"] / 2]
     last = samples[-1]
     return {
@@ -145,6 +148,7 @@ def summarise(run: dict) -> dict:
         else None,
         "median_watching": statistics.median(s["active"] for s in samples),
         "peak_rss_mb": max(s["rss_mb"] for s in samples),
+        "slope_from_seconds": warm_up,
         "slope_mb_per_minute": slope(steady, "rss_mb"),
         "second_half_slope_mb_per_minute": slope(second_half, "rss_mb"),
         "fds_slope_per_minute": slope(steady, "fds"),
@@ -185,7 +189,7 @@ def main() -> None:
         f"RSS: publisher alone {s['baseline_rss_mb']:.1f} MB, peak "
         f"{s['peak_rss_mb']:.1f} MB, {number(s['per_viewer_mb'], '.2f')} MB per "
         f"viewer watching\n"
-        f"RSS slope after the first minute: "
+        f"RSS slope from {s['slope_from_seconds']:.0f} s on: "
         f"{number(s['slope_mb_per_minute'], '+.2f')} MB/min; second half: "
         f"{number(s['second_half_slope_mb_per_minute'], '+.2f')} MB/min\n"
         f"after everyone left: RSS {s['after_rss_mb']:.1f} MB "
