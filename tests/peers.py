@@ -313,3 +313,24 @@ class CountingViewer:
         async with aiohttp.ClientSession() as http:
             await http.delete(self.base + self.location)
         await self.pc.close()
+
+
+def record_rtp(viewer: Viewer) -> dict[str, list]:
+    """Note (arrival, sequence number, timestamp) of every media packet received."""
+    seen = {"audio": [], "video": []}
+    for transceiver in viewer.pc.getTransceivers():
+        receiver, kind = transceiver.receiver, transceiver.kind
+        handle = receiver._handle_rtp_packet
+        primary = {c.payloadType for c in transceiver._codecs if c.name != "rtx"}
+
+        async def noting(
+            packet, arrival_time_ms, handle=handle, kind=kind, primary=primary
+        ):
+            if packet.payload_type in primary:
+                seen[kind].append(
+                    (time.monotonic(), packet.sequence_number, packet.timestamp)
+                )
+            await handle(packet, arrival_time_ms)
+
+        receiver._handle_rtp_packet = noting
+    return seen

@@ -3,7 +3,7 @@
 import asyncio
 import time
 
-from tests.peers import Publisher, Viewer
+from tests.peers import Publisher, Viewer, record_rtp
 
 
 async def test_viewer_sees_the_publisher(server, new_stage):
@@ -245,25 +245,6 @@ async def test_viewer_keyframe_requests_reach_the_publisher_coalesced(
     await publisher.stop()
 
 
-def record_rtp(viewer: Viewer) -> dict[str, list]:
-    """Note (sequence number, timestamp) of every media packet the viewer receives."""
-    seen = {"audio": [], "video": []}
-    for transceiver in viewer.pc.getTransceivers():
-        receiver, kind = transceiver.receiver, transceiver.kind
-        handle = receiver._handle_rtp_packet
-        primary = {c.payloadType for c in transceiver._codecs if c.name != "rtx"}
-
-        async def noting(
-            packet, arrival_time_ms, handle=handle, kind=kind, primary=primary
-        ):
-            if packet.payload_type in primary:
-                seen[kind].append((packet.sequence_number, packet.timestamp))
-            await handle(packet, arrival_time_ms)
-
-        receiver._handle_rtp_packet = noting
-    return seen
-
-
 def assert_continuous(packets: list, rate: int, what: str) -> None:
     for (seq_a, ts_a), (seq_b, ts_b) in zip(packets, packets[1:], strict=False):
         assert (seq_b - seq_a) % 65536 == 1, f"{what}: sequence {seq_a} -> {seq_b}"
@@ -295,8 +276,8 @@ async def test_outgoing_rtp_stays_continuous_across_next_and_a_new_publisher(
         count=5, since=replaced, where=lambda s: 100 < s[2] < 180, timeout=3
     )
     await asyncio.sleep(1)
-    assert_continuous(seen["video"], 90000, "video")
-    assert_continuous(seen["audio"], 48000, "audio")
+    for kind, rate in (("video", 90000), ("audio", 48000)):
+        assert_continuous([(s, ts) for _, s, ts in seen[kind]], rate, kind)
     assert len(seen["video"]) > 20 and len(seen["audio"]) > 20, seen
     await viewer.stop()
     await pa.stop()

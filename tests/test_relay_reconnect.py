@@ -14,7 +14,7 @@ import time
 
 from stage.appkeys import VENUE
 from stage.venue import QUIET_AFTER, RECONNECT_WINDOW
-from tests.peers import CountingViewer, Publisher, Viewer
+from tests.peers import CountingViewer, Publisher, Viewer, record_rtp
 from tests.test_ffmpeg_whip import ffmpeg_publishing, wait_for
 from tests.test_server_contract import live_ids, stage_info
 
@@ -52,27 +52,6 @@ async def wait_reconnecting(viewer, stage_id: str, timeout: float) -> float:
 
     await wait_for(held, "the viewer's stage never said it was reconnecting", timeout)
     return time.monotonic()
-
-
-def record_timed_rtp(viewer: Viewer) -> dict[str, list]:
-    """Note (arrival, sequence number, timestamp) of every media packet received."""
-    seen = {"audio": [], "video": []}
-    for transceiver in viewer.pc.getTransceivers():
-        receiver, kind = transceiver.receiver, transceiver.kind
-        handle = receiver._handle_rtp_packet
-        primary = {c.payloadType for c in transceiver._codecs if c.name != "rtx"}
-
-        async def noting(
-            packet, arrival_time_ms, handle=handle, kind=kind, primary=primary
-        ):
-            if packet.payload_type in primary:
-                seen[kind].append(
-                    (time.monotonic(), packet.sequence_number, packet.timestamp)
-                )
-            await handle(packet, arrival_time_ms)
-
-        receiver._handle_rtp_packet = noting
-    return seen
 
 
 def assert_continuous_in_time(packets: list, rate: int, what: str) -> float:
@@ -122,7 +101,7 @@ async def test_an_encoder_killed_and_restarted_keeps_its_viewers(
         )
         old_publisher = venue.hubs[stage["id"]].publisher
         viewer = await Viewer(server.base).start(stage_id=stage["id"])
-        seen = record_timed_rtp(viewer)
+        seen = record_rtp(viewer)
         await viewer.wait_video(count=30, timeout=10)
 
         first.kill()
