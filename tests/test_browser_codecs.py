@@ -5,10 +5,8 @@ from __future__ import annotations
 import time
 
 from tests.browser import launch_chromium, new_page
-from tests.peers import Publisher
 from tests.test_browser import WATCH_PROBE
-
-SIZES = {"VP8": (320, 240), "H264": (640, 360)}
+from tests.test_relay_codecs import SIZES, vp8_and_h264_stages
 
 # The codec of the video the page decodes right now, from its inbound RTP stats.
 DECODING = """async () => {
@@ -29,15 +27,7 @@ LATER_OTHER = """(args) => window.__frames.filter(
 
 
 async def test_watch_page_nexts_between_vp8_and_h264(server, new_stage):
-    vp8_stage, h264_stage = await new_stage("Vee"), await new_stage("Aitch")
-    publishers = [
-        await Publisher(server.base, vp8_stage["id"], vp8_stage["key"]).start(
-            video_codec="VP8", size=SIZES["VP8"]
-        ),
-        await Publisher(server.base, h264_stage["id"], h264_stage["key"]).start(
-            video_codec="H264", size=SIZES["H264"]
-        ),
-    ]
+    vp8_stage, h264_stage, publishers = await vp8_and_h264_stages(server, new_stage)
     try:
         async with launch_chromium(None) as browser:
             page = await new_page(browser)

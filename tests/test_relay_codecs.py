@@ -13,16 +13,20 @@ def sized(codec):
     return lambda s: s[:2] == (width, height)
 
 
-async def test_next_between_a_vp8_and_an_h264_stage_both_ways(server, new_stage):
+async def vp8_and_h264_stages(server, new_stage):
+    """Two live stages, a VP8 one and an H.264 one, each at its own size in SIZES."""
     vp8_stage, h264_stage = await new_stage("Vee"), await new_stage("Aitch")
     publishers = [
-        await Publisher(server.base, vp8_stage["id"], vp8_stage["key"]).start(
-            video_codec="VP8", size=SIZES["VP8"]
-        ),
-        await Publisher(server.base, h264_stage["id"], h264_stage["key"]).start(
-            video_codec="H264", size=SIZES["H264"]
-        ),
+        await Publisher(server.base, stage["id"], stage["key"]).start(
+            video_codec=codec, size=SIZES[codec]
+        )
+        for stage, codec in ((vp8_stage, "VP8"), (h264_stage, "H264"))
     ]
+    return vp8_stage, h264_stage, publishers
+
+
+async def test_next_between_a_vp8_and_an_h264_stage_both_ways(server, new_stage):
+    vp8_stage, h264_stage, publishers = await vp8_and_h264_stages(server, new_stage)
     # An aiortc viewer offers both codecs, as browsers do.
     viewer = await Viewer(server.base).start(stage_id=vp8_stage["id"])
     try:
