@@ -113,7 +113,8 @@ class Outlet:
             self.skipped += 1
             return False
         payloads = payloads_of(frame)
-        extensions = self._extensions()
+        now = clock.current_ntp_time()
+        extensions = self._extensions(now)
         descriptors = self._vp8_descriptors() if frame.codec == "VP8" else None
         timestamp &= 0xFFFFFFFF
         last = len(payloads) - 1
@@ -139,7 +140,7 @@ class Outlet:
                 payload,
             )
             octets += len(descriptor) + len(payload)
-        self._counted(len(payloads), octets, timestamp)
+        self._counted(len(payloads), octets, timestamp, now)
         return True
 
     def _route(self):
@@ -152,12 +153,12 @@ class Outlet:
             return None
         return dtls._tx_srtp.protect, pair.protocol.transport, pair.remote_addr
 
-    def _extensions(self) -> bytes:
+    def _extensions(self, ntp_now: int) -> bytes:
         # RFC 8285 one-byte header form: 0xBEDE, length in 32-bit words, elements.
         elements = self._mid_element + self._playout_element
         if self._abs_send_time_id:
-            now = (clock.current_ntp_time() >> 14) & 0xFFFFFF
-            elements += bytes([self._abs_send_time_id << 4 | 2]) + now.to_bytes(
+            sent = (ntp_now >> 14) & 0xFFFFFF
+            elements += bytes([self._abs_send_time_id << 4 | 2]) + sent.to_bytes(
                 3, "big"
             )
         padding = -len(elements) % 4
@@ -172,13 +173,13 @@ class Outlet:
         tail = bytes([0x80, 0x80 | picture_id >> 8, picture_id & 0xFF])
         return b"\x90" + tail, b"\x80" + tail
 
-    def _counted(self, packets: int, octets: int, timestamp: int) -> None:
+    def _counted(self, packets: int, octets: int, timestamp: int, ntp_now: int) -> None:
         # What the sender's RTCP sender reports say: the last timestamp sent, when,
         # and how much (aiortc reads these name-mangled fields in _run_rtcp).
         self.packets += packets
         self.octets += octets
         sender = self._sender
-        setattr(sender, _SENDER + "ntp_timestamp", clock.current_ntp_time())
+        setattr(sender, _SENDER + "ntp_timestamp", ntp_now)
         setattr(sender, _SENDER + "rtp_timestamp", timestamp)
         setattr(sender, _SENDER + "packet_count", self.packets)
         setattr(sender, _SENDER + "octet_count", self.octets)
@@ -210,4 +211,6 @@ class Outlet:
             )
             body = _RTX_SEQ.pack(seq) + descriptor + payload
         logger.debug("retransmitting %s packet %d", self.kind, seq)
-        udp.sendto(protect(header + self._extensions() + body), address)
+        udp.sendto(
+            protect(header + self._extensions(clock.current_ntp_time()) + body), address
+        )
