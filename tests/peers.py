@@ -277,7 +277,7 @@ class CountingViewer:
             for t in self.pc.getTransceivers():
                 if t.receiver.track is track:
                     t.receiver._RTCRtpReceiver__decoder_queue = FrameTap(
-                        count(track.kind)
+                        t.receiver, count(track.kind)
                     )
 
         self.pc.on("track", on_track)
@@ -315,8 +315,12 @@ class CountingViewer:
         await self.pc.close()
 
 
-def record_rtp(viewer: Viewer) -> dict[str, list]:
-    """Note (arrival, sequence number, timestamp) of every media packet received."""
+def record_rtp(viewer: Viewer, retransmissions=False) -> dict[str, list]:
+    """Note (arrival, sequence number, timestamp) of every media packet received.
+
+    Retransmissions (RTX) are left out unless asked for; they carry the timestamp of
+    the packet they repeat, and the RTX stream's own sequence number.
+    """
     seen = {"audio": [], "video": []}
     for transceiver in viewer.pc.getTransceivers():
         receiver, kind = transceiver.receiver, transceiver.kind
@@ -326,7 +330,7 @@ def record_rtp(viewer: Viewer) -> dict[str, list]:
         async def noting(
             packet, arrival_time_ms, handle=handle, kind=kind, primary=primary
         ):
-            if packet.payload_type in primary:
+            if retransmissions or packet.payload_type in primary:
                 seen[kind].append(
                     (time.monotonic(), packet.sequence_number, packet.timestamp)
                 )

@@ -2,7 +2,8 @@
 
 aiortc's receiver reassembles frames in its jitter buffer and queues them for a decoder
 thread. The tap takes that queue's place (see RELAY-NOTES.md), so frames reach the stage
-hub still encoded, while aiortc keeps doing NACK, RTX, receiver reports and keyframe
+hub still encoded, and a buffer of ours takes the jitter buffer's, so they leave as soon
+as they are whole (jitter.py), while aiortc keeps doing NACK, RTX, receiver reports and keyframe
 requests for us.
 """
 
@@ -21,6 +22,7 @@ from aiortc.rtp import RtcpSrPacket
 from ..errors import BadRequest
 from .frames import CLOCK_RATES, MediaFrame, describe_video, h264_profile_level_id
 from .ice import reachable_candidates
+from .jitter import AudioFrameBuffer, VideoFrameBuffer
 from .negotiation import (
     ACCEPTED,
     narrow_codecs,
@@ -44,11 +46,17 @@ HOLD_LIMIT = 3.0
 class FrameTap:
     """Stands where a receiver's decoder queue was: encoded frames go to a callback.
 
-    `put` runs on the event loop (from the receiver's RTP handler). `get` runs in the
-    receiver's decoder thread, which now only waits for the stop signal.
+    `put` runs on the event loop (from the receiver's RTP handler) with the first frame
+    a packet completed; any further frames that packet made whole are taken from the
+    receiver's buffer here. `get` runs in the receiver's decoder thread, which now only
+    waits for the stop signal.
     """
 
-    def __init__(self, on_frame: Callable) -> None:
+    def __init__(self, receiver: RTCRtpReceiver, on_frame: Callable) -> None:
+        # aiortc's own buffer (a test viewer's) offers one frame per packet only.
+        buffer = receiver._RTCRtpReceiver__jitter_buffer
+        self._take_ready = getattr(buffer, "take_ready", lambda: None)
+        self._clock = receiver._RTCRtpReceiver__timestamp_mapper
         self._on_frame = on_frame
         self._stopped = threading.Event()
 
@@ -57,11 +65,15 @@ class FrameTap:
             self._stopped.set()
             return
         codec, frame = item
-        try:
-            self._on_frame(codec, frame)
-        except Exception:
-            # Never let a consumer's fault reach aiortc's transport loop.
-            logger.exception("frame tap: consumer failed")
+        while frame is not None:
+            try:
+                self._on_frame(codec, frame)
+            except Exception:
+                # Never let a consumer's fault reach aiortc's transport loop.
+                logger.exception("frame tap: consumer failed")
+            frame = self._take_ready()
+            if frame is not None:
+                frame.timestamp = self._clock.map(frame.timestamp)
 
     def get(self):
         self._stopped.wait()
@@ -209,6 +221,9 @@ class Publisher:
                     )
                 )
 
+        # Frames leave the receiver as soon as they are whole (jitter.py).
+        buffer = VideoFrameBuffer() if kind == "video" else AudioFrameBuffer()
+        receiver._RTCRtpReceiver__jitter_buffer = buffer
         if kind == "video":
             track.watchdog = StallWatchdog(
                 f"publisher {self.id}", receiver, lambda: self._picture_lost(track)
@@ -216,7 +231,7 @@ class Publisher:
 
         # The receiver's decoder thread has not started yet (that happens once the
         # connection is up), so its queue can still be swapped.
-        receiver._RTCRtpReceiver__decoder_queue = FrameTap(on_frame)
+        receiver._RTCRtpReceiver__decoder_queue = FrameTap(receiver, on_frame)
 
         handle_rtcp = receiver._handle_rtcp_packet
 
