@@ -3,7 +3,9 @@
 Audio and video reach us on unrelated RTP clocks. The publisher's RTCP sender reports
 map each clock to its own wall clock, which puts both tracks on one timeline; until
 both reports are in (they come within a second or two), frames wait in a short buffer.
-A publisher that sends no reports is aligned by arrival time instead.
+A publisher that sends no reports, or reports that disagree with when its frames
+arrive, is aligned by arrival time instead. From there each track's timeline
+(timeline.py) follows its RTP clock as far as that clock can be trusted.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from ..relay.frames import MediaFrame
 from .files import Finished, container_for, finish, recording_paths
+from .timeline import TrackTimeline
 from .writer import Writer
 
 logger = logging.getLogger(__name__)
@@ -25,6 +28,10 @@ logger = logging.getLogger(__name__)
 ALIGN_WAIT = 3.0
 # A writer this far behind is on a disk that cannot keep up: stop rather than hoard.
 MAX_BACKLOG = 3000
+# Sender reports put both tracks on the publisher's clock. If that clock and our own
+# disagree about the tracks' offset by more than this, a report is wrong (a sender
+# whose tracks run on unrelated clocks, or reporting before it sent anything).
+REPORTS_DISAGREE = 1.0
 
 
 class Recording:
@@ -47,7 +54,7 @@ class Recording:
         self._loop = asyncio.get_running_loop()
         self._pending: list[MediaFrame] = []
         self._first_arrival: float | None = None
-        self._clock: dict[object, tuple[float, int, int]] = {}  # source → (t, ts, rate)
+        self._timelines: dict[object, TrackTimeline] = {}  # by source
         self._origin: float | None = None
         self._last_pts: dict[str, int] = {}
         self._writer: Writer | None = None
@@ -84,11 +91,13 @@ class Recording:
 
     def _start(self) -> None:
         frames, self._pending = self._pending, []
-        by_reports = all(t.sender_report is not None for t in self._tracks.values())
-        for frame in frames:
-            self._anchor(frame, by_reports)
-        times = [self._seconds(f) for f in frames]
-        self._origin = min(times)
+        by_reports = self._anchor(frames)
+        placed = [
+            (f, self._timelines[f.source].place(f.timestamp, f.arrival)) for f in frames
+        ]
+        placed = [(f, seconds) for f, seconds in placed if seconds is not None]
+        frames = [f for f, _ in placed]
+        self._origin = min(seconds for _, seconds in placed)
 
         keyframes = [f for f in frames if f.kind == "video" and f.keyframe]
         video = None
@@ -108,41 +117,60 @@ class Recording:
             "+".join(sorted(self._kinds_written)),
             "sender reports" if by_reports else "arrival time",
         )
+        for frame, seconds in placed:
+            self._write(frame, seconds)
+
+    def _anchor(self, frames: list[MediaFrame]) -> bool:
+        """Start each source's timeline at its first frame; True if by sender reports."""
+        first: dict[object, MediaFrame] = {}
         for frame in frames:
-            self._write(frame)
+            first.setdefault(frame.source, frame)
+        now_wall, now = time.time(), time.monotonic()
+        arrived = {s: now_wall - (now - f.arrival) for s, f in first.items()}
+        reported = {}
+        if all(t.sender_report is not None for t in self._tracks.values()):
+            reported = {s: s.sender_time(f.timestamp) for s, f in first.items()}
+            # Each track's reported capture time, less its arrival: about the same
+            # network and encoder delay for both, or a report is wrong.
+            offsets = [reported[s] - arrived[s] for s in first]
+            if max(offsets) - min(offsets) > REPORTS_DISAGREE:
+                logger.warning(
+                    "recording %s: sender reports disagree by %.1f s with arrival",
+                    self.live_path.name,
+                    max(offsets) - min(offsets),
+                )
+                reported = {}
+        for source, frame in first.items():
+            seconds = reported.get(source, arrived[source])
+            self._timelines[source] = self._timeline(frame, seconds)
+        return bool(reported)
 
-    def _anchor(self, frame: MediaFrame, by_reports: bool) -> None:
-        """Fix, once per source, how its RTP timestamps map to seconds on one timeline."""
-        if frame.source in self._clock:
-            return
-        track = frame.source
-        rate = track.clock_rate
-        if by_reports and track.sender_report is not None:
-            seconds = track.sender_time(frame.timestamp)
-        else:
-            seconds = time.time() - (time.monotonic() - frame.arrival)
-        self._clock[frame.source] = (seconds, frame.timestamp, rate)
+    def _timeline(self, frame: MediaFrame, seconds: float) -> TrackTimeline:
+        name = f"{self.live_path.name} {frame.kind}"
+        rate = frame.source.clock_rate
+        return TrackTimeline(name, rate, seconds, frame.timestamp, frame.arrival)
 
-    def _seconds(self, frame: MediaFrame) -> float:
-        seconds, timestamp, rate = self._clock[frame.source]
-        return seconds + (frame.timestamp - timestamp) / rate
+    def _place(self, frame: MediaFrame) -> float | None:
+        timeline = self._timelines.get(frame.source)
+        if timeline is None:
+            # A source we have not seen (it cannot happen within one performance, but
+            # never write a frame on a guessed clock): continue from where we are.
+            seconds = self._origin + self._last_pts.get(frame.kind, 0) / 1000 + 0.02
+            timeline = self._timelines[frame.source] = self._timeline(frame, seconds)
+        return timeline.place(frame.timestamp, frame.arrival)
 
-    def _write(self, frame: MediaFrame) -> None:
+    def _write(self, frame: MediaFrame, seconds: float | None = None) -> None:
         if frame.kind not in self._kinds_written:
             return
+        if seconds is None:
+            seconds = self._place(frame)
+            if seconds is None:
+                return  # stale
         if frame.kind == "video" and self._video_waits_for_keyframe:
             if not frame.keyframe:
                 return
             self._video_waits_for_keyframe = False
-        if frame.source not in self._clock:
-            # A source we have not seen (it cannot happen within one performance, but
-            # never write a frame on a guessed clock): continue from where we are.
-            self._clock[frame.source] = (
-                self._origin + self._last_pts.get(frame.kind, 0) / 1000 + 0.02,
-                frame.timestamp,
-                frame.source.clock_rate,
-            )
-        pts = round((self._seconds(frame) - self._origin) * 1000)
+        pts = round((seconds - self._origin) * 1000)
         # Muxers need increasing timestamps; jittered or repeated ones are nudged
         # forward a millisecond at a time instead of stopping the recording.
         last = self._last_pts.get(frame.kind)
@@ -170,6 +198,15 @@ class Recording:
     def _has_media(self) -> bool:
         return any(f.kind == "audio" or f.keyframe for f in self._pending)
 
+    def _clock_trouble(self) -> str:
+        said = [
+            f"; {t.name.rsplit(' ', 1)[-1]} clock followed arrival {t.rebased} times,"
+            f" {t.dropped} stale frames dropped"
+            for t in self._timelines.values()
+            if t.rebased or t.dropped
+        ]
+        return "".join(said)
+
     async def close(self) -> Finished:
         """Stop taking frames, finish the file off the event loop, say what is left."""
         if self._writer is None and self.state == "recording" and self._has_media():
@@ -189,10 +226,11 @@ class Recording:
             self.state, self.error = "failed", writer.failure
         finished = await self._loop.run_in_executor(None, finish, self.live_path)
         logger.info(
-            "recording %s closed: %.1f s, %s bytes, frames %s",
+            "recording %s closed: %.1f s, %s bytes, frames %s%s",
             self.path.name,
             finished.duration,
             finished.size,
             finished.frames,
+            self._clock_trouble(),
         )
         return finished

@@ -80,6 +80,11 @@ class FrameTap:
         return None
 
 
+def nearest_step(difference: int) -> int:
+    """A difference of two 32-bit RTP timestamps, the shorter way round: -2^31..2^31."""
+    return (difference + (1 << 31)) % (1 << 32) - (1 << 31)
+
+
 class PublishedTrack:
     """One incoming track: its codec, and how its RTP clock maps to the sender's clock."""
 
@@ -90,6 +95,9 @@ class PublishedTrack:
         self.receiver = receiver
         self.clock_rate = CLOCK_RATES[kind]
         self.size: tuple[int, int] | None = None
+        # The last frame's RTP timestamp as sent (32 bits), and counted from the first
+        # frame's (unbounded; what frames carry, see `count`).
+        self.last_rtp_timestamp: int | None = None
         self.last_timestamp = 0
         self.watchdog: StallWatchdog | None = None
         # Since when frames are held back waiting for a keyframe (None: not waiting).
@@ -100,18 +108,35 @@ class PublishedTrack:
         # (sender time in seconds since 1970, RTP timestamp counted like frame timestamps)
         self.sender_report: tuple[float, int] | None = None
 
+    def count(self, jitter_frame) -> int:
+        """The frame's RTP timestamp, counted from the first frame's.
+
+        aiortc's receiver counts them too, but takes every step back for a wrap past
+        2^32 and adds 2^32 from then on. Steps back do happen without any wrap: a
+        retransmission that arrives long after its neighbours resets aiortc's jitter
+        buffer, which then hands over an older frame once more. Its count would put
+        every later frame 13 hours (2^32 ticks at 90 kHz) ahead. Here each frame is
+        counted from the one before by the shorter way round the 32-bit circle, so a
+        wrap moves on by a few ticks and a stale frame steps back by a few.
+        """
+        mapper = self.receiver._RTCRtpReceiver__timestamp_mapper
+        rtp = (mapper._origin + jitter_frame.timestamp) & 0xFFFFFFFF
+        if self.last_rtp_timestamp is None:
+            counted = 0
+        else:
+            counted = self.last_timestamp + nearest_step(rtp - self.last_rtp_timestamp)
+        self.last_rtp_timestamp, self.last_timestamp = rtp, counted
+        return counted
+
     def note_sender_report(self, packet: RtcpSrPacket) -> None:
-        # Frame timestamps are counted from the first frame (aiortc's timestamp mapper);
-        # bring the report's 32-bit RTP time onto that count, taking the nearest wrap.
-        origin = self.receiver._RTCRtpReceiver__timestamp_mapper._origin
-        if origin is None:
+        # Bring the report's 32-bit RTP time onto the frames' count, taking the
+        # nearest wrap.
+        if self.last_rtp_timestamp is None:
             return
-        raw_now = (origin + self.last_timestamp) & 0xFFFFFFFF
-        delta = (packet.sender_info.rtp_timestamp - raw_now + (1 << 31)) % (1 << 32)
-        counted = self.last_timestamp + delta - (1 << 31)
+        step = nearest_step(packet.sender_info.rtp_timestamp - self.last_rtp_timestamp)
         ntp = packet.sender_info.ntp_timestamp
         seconds = (ntp >> 32) - NTP_EPOCH_OFFSET + (ntp & 0xFFFFFFFF) / (1 << 32)
-        self.sender_report = (seconds, counted)
+        self.sender_report = (seconds, self.last_timestamp + step)
 
     def sender_time(self, timestamp: int) -> float | None:
         """When the publisher captured a frame, by its own clock, if it reported one."""
@@ -191,7 +216,7 @@ class Publisher:
         self.tracks[kind] = track
 
         def on_frame(codec_parameters, jitter_frame) -> None:
-            track.last_timestamp = jitter_frame.timestamp
+            jitter_frame.timestamp = track.count(jitter_frame)
             keyframe, size = True, None
             if kind == "video":
                 track.watchdog.frame_released()
