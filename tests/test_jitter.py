@@ -83,3 +83,21 @@ def test_audio_follows_a_sender_that_starts_counting_again():
     feed(buffer, [packet(30000, 0, b"a"), packet(30001, 960, b"b")])
     assert feed(buffer, [packet(100, 1920, b"c")]) == [(1920, b"c")]
     assert feed(buffer, [packet(101, 2880, b"d")]) == [(2880, b"d")]
+
+
+def test_a_retransmission_overtaken_by_later_frames_is_dropped():
+    buffer = VideoFrameBuffer()
+    frames = [packet(1000 + i, 3000 * i, bytes([i]), marker=True) for i in range(150)]
+    assert len(feed(buffer, frames)) == 150
+    # Packet 1010 again, 140 packets late: aiortc would start over from it.
+    assert feed(buffer, [packet(1010, 30000, b"old", marker=True)]) == []
+    assert feed(buffer, [packet(1150, 450000, b"new", marker=True)]) == [(450000, b"new")]
+
+
+def test_a_video_sender_counting_afresh_is_followed():
+    buffer = VideoFrameBuffer()
+    feed(buffer, [packet(5000 + i, 900000 + 3000 * i, b"x", marker=True) for i in range(3)])
+    # New sequence numbers and timestamps, both a little behind: believed in the end.
+    restarted = [packet(4000 + i, 890000 + 3000 * i, b"y", marker=True) for i in range(100)]
+    out = feed(buffer, restarted)
+    assert out and out[-1] == (890000 + 3000 * 99, b"y")

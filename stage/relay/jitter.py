@@ -13,6 +13,11 @@ buffers stand in the receiver's place (RELAY-NOTES.md) and release
   is waited for while at most AUDIO_REORDER_WAIT later packets have arrived, then
   skipped (audio is not retransmitted; the decoder conceals the gap).
 
+A retransmission that comes so late that later frames have already left (100 or more
+packets behind, which aiortc takes for a sender counting afresh and resets on) is
+dropped instead: forwarding it would send viewers an old picture and the recorder a
+step back in time, and the reset would leave a hole that stalls the picture.
+
 Several frames can become whole at once (a retransmission fills a hole with frames
 complete behind it); `add` returns the first, as aiortc's receiver expects, and
 `take_ready` gives the rest.
@@ -23,6 +28,11 @@ from __future__ import annotations
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 
 VIDEO_CAPACITY = 512  # packets; aiortc's own size, which the stall watchdog reads
+# A packet behind the last frame released, in sequence and by less than this in time,
+# is a late retransmission. A sender that really counts afresh lands in this window
+# with odds of 1 in 5,000, and is believed after STALE_LIMIT such packets anyway.
+STALE_TICKS = 90000 * 10
+STALE_LIMIT = 64
 AUDIO_REORDER_WAIT = 2  # packets (40 ms of Opus) that may overtake a missing one
 AUDIO_RESTART_BEHIND = 100  # a packet this far behind means a new count, as in aiortc
 
@@ -33,6 +43,25 @@ class VideoFrameBuffer(JitterBuffer):
 
     def __init__(self) -> None:
         super().__init__(capacity=VIDEO_CAPACITY, is_video=True)
+        self._last: tuple[int, int] | None = None  # (last sequence, timestamp) released
+        self._stale_run = 0
+
+    def add(self, packet) -> tuple[bool, JitterFrame | None]:
+        if self._stale(packet):
+            return False, None
+        return super().add(packet)
+
+    def _stale(self, packet) -> bool:
+        if self._last is None:
+            return False
+        sequence, timestamp = self._last
+        behind = (sequence - packet.sequence_number) & 0xFFFF
+        earlier = (timestamp - packet.timestamp) & 0xFFFFFFFF
+        if 0 < behind < 0x8000 and earlier < STALE_TICKS and self._stale_run < STALE_LIMIT:
+            self._stale_run += 1
+            return True
+        self._stale_run = 0
+        return False
 
     def take_ready(self) -> JitterFrame | None:
         """The next whole frame already held, if any."""
@@ -59,6 +88,7 @@ class VideoFrameBuffer(JitterBuffer):
         return None
 
     def _release(self, payloads: list[bytes], timestamp: int, count: int) -> JitterFrame:
+        self._last = ((self._origin + count - 1) & 0xFFFF, timestamp)
         self.remove(count)
         return JitterFrame(data=b"".join(payloads), timestamp=timestamp)
 
