@@ -12,7 +12,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from . import api, clips_api, pages, signalling
+from . import allocator, api, clips_api, pages, signalling
 from .appkeys import SETTINGS, STORE, VENUE
 from .config import Settings
 from .errors import StageError
@@ -64,6 +64,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app.cleanup_ctx.append(venue_lifetime)
     app.cleanup_ctx.append(clips_api.exports_lifetime)
+    app.cleanup_ctx.append(allocator.trimming)
     api.add_routes(app.router)
     clips_api.add_routes(app.router)
     signalling.add_routes(app.router)

@@ -21,10 +21,11 @@ import time
 
 import pytest
 from aiohttp import ClientSession
-from aiortc import RTCPeerConnection
+from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from stage.appkeys import VENUE
 from stage.config import Settings
+from stage.relay.viewer import Viewer as StageViewer
 from stage.server import create_app
 from tests.peers import CountingViewer, Publisher, Viewer, new_pc
 
@@ -112,6 +113,83 @@ async def test_200_join_leave_cycles_leave_nothing_behind(server, new_stage):
             )
         assert venue.hubs[stage["id"]].publisher is not None
         await visit(server.base, stage["id"], True)  # a new viewer still gets in
+    finally:
+        await publisher.stop()
+
+
+LATE_LEAVERS = 6
+
+
+def live_viewers() -> int:
+    gc.collect()
+    return sum(isinstance(o, StageViewer) for o in gc.get_objects())
+
+
+async def leave_as_the_handshake_ends(base: str, stage_id: str, venue) -> None:
+    """A viewer whose DELETE reaches the server just as their DTLS handshake completes:
+    the handshake was done, the transport not yet "connected" (a reload within a
+    second of arriving, timed to the worst moment)."""
+    pc = new_pc()
+    pc.addTransceiver("audio", direction="recvonly")
+    pc.addTransceiver("video", direction="recvonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    async with ClientSession() as http:
+        async with http.post(
+            f"{base}/whep/{stage_id}",
+            data=pc.localDescription.sdp,
+            headers={"Content-Type": "application/sdp"},
+        ) as r:
+            assert r.status == 201, await r.text()
+            location = r.headers["Location"]
+            answer = await r.text()
+
+    viewer_id = location.rsplit("/", 1)[1]
+    dtls = venue.viewers[viewer_id].pc.getTransceivers()[0].receiver.transport
+    handshake = dtls._do_handshake
+    left = asyncio.Event()
+
+    async def handshake_then_leave() -> None:
+        await handshake()
+        async with ClientSession() as http:
+            async with http.delete(base + location) as r:
+                assert r.status == 200, await r.text()
+        left.set()
+
+    dtls._do_handshake = handshake_then_leave
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+        await asyncio.wait_for(left.wait(), 10)
+    finally:
+        await pc.close()
+
+
+async def test_viewers_leaving_as_their_handshake_ends_leave_nothing_behind(
+    server, new_stage
+):
+    """aiortc would finish such a handshake after the connection was closed and start
+    RTCP for it, which ran for ever and kept the whole visit in memory."""
+    stage = await new_stage()
+    publisher = await Publisher(server.base, stage["id"], stage["key"]).start()
+    venue = server.app[VENUE]
+    try:
+        await visit(server.base, stage["id"], True)  # warm-up, as above
+        baseline = await settled(venue, None)
+
+        for _ in range(LATE_LEAVERS):
+            await leave_as_the_handshake_ends(server.base, stage["id"], venue)
+        after = await settled(venue, baseline)
+
+        kept = live_viewers()
+        assert kept == 0, (
+            f"{kept} of {LATE_LEAVERS} viewers who left as their handshake ended are "
+            f"still in memory: before {baseline}, after {after}"
+        )
+        assert after["peer connections"] <= baseline["peer connections"], (
+            baseline,
+            after,
+        )
+        assert after["tasks"] <= baseline["tasks"] + 2, (baseline, after)
+        await visit(server.base, stage["id"], True)  # and the stage still plays
     finally:
         await publisher.stop()
 

@@ -15,6 +15,7 @@ from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters
 from aiortc.sdp import H264Profile
 
 from ..errors import BadRequest
+from . import dtls  # noqa: F401  (every connection made here: see dtls.py)
 
 logger = logging.getLogger(__name__)
 
