@@ -8,7 +8,13 @@ ICE, receiving RTCP (NACK, PLI, receiver reports) and sending sender reports. On
 the RTP packets themselves are written here, synchronously, per frame:
 
     header (seq, timestamp, SSRC) + extensions + [VP8 descriptor] + shared payload
-      -> SRTP protect -> the nominated ICE pair's UDP transport
+      -> SRTP protect -> the nominated ICE pair's UDP socket
+
+Each packet is assembled in one buffer and encrypted there in place (libsrtp through
+pylibsrtp's binding), then handed to the socket straight from that buffer: no bytes
+object is made per packet, and the asyncio transport is bypassed while the kernel
+takes everything. Once the kernel refuses a packet, the rest go through the transport,
+which queues them in order (and which the backlog check below reads).
 
 Retransmissions (NACK) are answered from a ring of recently sent packets, over RTX
 when the viewer negotiated it. After each frame the sender's counters are updated
@@ -17,7 +23,8 @@ browser needs to keep audio and video in sync.
 
 Relies on aiortc 1.16 internals (pinned): the sender's SSRCs, name-mangled report
 counters and `_retransmit` hook, the DTLS transport's state and `_tx_srtp`, and
-aioice's nominated pair.
+aioice's nominated pair; on pylibsrtp 1.0's binding and session handle; and on the
+socket behind asyncio's datagram transport (CPython 3.11).
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ import struct
 from aiortc import clock
 from aiortc.rtcdtlstransport import State
 from aiortc.utils import random16
+from pylibsrtp import _srtp_assert
+from pylibsrtp._binding import ffi, lib
 
 from .frames import MediaFrame
 from .packets import payloads_of
@@ -46,6 +55,11 @@ BACKLOG_LIMIT = 256 * 1024
 
 _HEADER = struct.Struct("!BBHII")
 _RTX_SEQ = struct.Struct("!H")
+# Where packets are put together and encrypted, one at a time (all on the event loop):
+# room for the largest RTP packet we write and SRTP's tag.
+_PACKET = ffi.new("char[]", 2048)
+_PACKET_VIEW = memoryview(ffi.buffer(_PACKET))
+_PACKET_LENGTH = ffi.new("int *")
 _SENDER = "_RTCRtpSender__"
 
 
@@ -108,39 +122,72 @@ class Outlet:
         payload_type = self._payload_types.get(frame.codec)
         if route is None or payload_type is None:
             return False
-        protect, udp, address = route
-        if udp.get_write_buffer_size() > BACKLOG_LIMIT:
+        session, udp, address = route
+        backlog = udp.get_write_buffer_size()
+        if backlog > BACKLOG_LIMIT:
             self.skipped += 1
             return False
+        # Straight to the socket unless asyncio already holds packets for it.
+        direct = None if backlog else udp._sock.sendto
         payloads = payloads_of(frame)
         now = clock.current_ntp_time()
         extensions = self._extensions(now)
-        descriptors = self._vp8_descriptors() if frame.codec == "VP8" else None
+        if frame.codec == "VP8":
+            descriptors = self._vp8_descriptors()
+            heads = (extensions + descriptors[0], extensions + descriptors[1])
+        else:
+            descriptors = None
+            heads = (extensions, extensions)
         timestamp &= 0xFFFFFFFF
+        first_seq = self._seq
         last = len(payloads) - 1
+        self._seq = (first_seq + last + 1) & 0xFFFF
+
+        # One record per frame, in the slot of each of its sequence numbers.
         history = self._history
         size = len(history)
+        kept = (first_seq, payload_type, timestamp, descriptors, payloads)
+
+        srtp = session._srtp[0]
+        protect = lib.srtp_protect
+        header = _HEADER.pack_into
+        view = _PACKET_VIEW
+        length = _PACKET_LENGTH
+        ssrc = self._ssrc
         octets = 0
         for index, payload in enumerate(payloads):
-            seq = self._seq
-            self._seq = (seq + 1) & 0xFFFF
-            marker = 0x80 if index == last else 0
-            descriptor = b""
-            if descriptors is not None:
-                descriptor = descriptors[index != 0]
-            header = _HEADER.pack(
-                0x90, marker | payload_type, seq, timestamp, self._ssrc
-            )
-            udp.sendto(protect(header + extensions + descriptor + payload), address)
-            history[seq % size] = (
+            seq = (first_seq + index) & 0xFFFF
+            history[seq % size] = kept
+            head = heads[index != 0]
+            start = 12 + len(head)
+            end = start + len(payload)
+            header(
+                view,
+                0,
+                0x90,
+                (0x80 if index == last else 0) | payload_type,
                 seq,
-                marker | payload_type,
                 timestamp,
-                descriptor,
-                payload,
+                ssrc,
             )
-            octets += len(descriptor) + len(payload)
-        self._counted(len(payloads), octets, timestamp, now)
+            view[12:start] = head
+            view[start:end] = payload
+            length[0] = end
+            failed = protect(srtp, _PACKET, length)
+            if failed:
+                _srtp_assert(failed)
+            packet = view[: length[0]]
+            octets += end - 12 - len(extensions)
+            if direct is not None:
+                try:
+                    direct(packet, address)
+                    continue
+                except OSError:
+                    # Refused (a full socket buffer, mostly): asyncio retries this
+                    # packet and queues the rest of the frame behind it.
+                    direct = None
+            udp.sendto(packet, address)
+        self._counted(last + 1, octets, timestamp, now)
         return True
 
     def _route(self):
@@ -151,7 +198,7 @@ class Outlet:
         pair = connection._nominated.get(1)
         if pair is None or pair.protocol.transport is None:
             return None
-        return dtls._tx_srtp.protect, pair.protocol.transport, pair.remote_addr
+        return dtls._tx_srtp, pair.protocol.transport, pair.remote_addr
 
     def _extensions(self, ntp_now: int) -> bytes:
         # RFC 8285 one-byte header form: 0xBEDE, length in 32-bit words, elements.
@@ -189,28 +236,29 @@ class Outlet:
     async def _retransmit(self, seq: int) -> None:
         kept = self._history[seq % len(self._history)]
         route = self._route()
-        if kept is None or kept[0] != seq or route is None:
+        if kept is None or route is None:
             return
-        protect, udp, address = route
-        _, marker_type, timestamp, descriptor, payload = kept
-        payload_type = marker_type & 0x7F
+        first_seq, payload_type, timestamp, descriptors, payloads = kept
+        index = (seq - first_seq) & 0xFFFF
+        if index >= len(payloads):
+            return  # the slot has been taken by a later frame
+        session, udp, address = route
+        marker = 0x80 if index == len(payloads) - 1 else 0
+        descriptor = b"" if descriptors is None else descriptors[index != 0]
         rtx_type = self._rtx_types.get(payload_type)
         if rtx_type is None:
-            header = _HEADER.pack(0x90, marker_type, seq, timestamp, self._ssrc)
-            body = descriptor + payload
+            header = _HEADER.pack(
+                0x90, marker | payload_type, seq, timestamp, self._ssrc
+            )
+            body = descriptor + payloads[index]
         else:
             # RFC 4588: the original sequence number leads the RTX payload.
             rtx_seq = self._rtx_seq
             self._rtx_seq = (rtx_seq + 1) & 0xFFFF
             header = _HEADER.pack(
-                0x90,
-                (marker_type & 0x80) | rtx_type,
-                rtx_seq,
-                timestamp,
-                self._rtx_ssrc,
+                0x90, marker | rtx_type, rtx_seq, timestamp, self._rtx_ssrc
             )
-            body = _RTX_SEQ.pack(seq) + descriptor + payload
+            body = _RTX_SEQ.pack(seq) + descriptor + payloads[index]
         logger.debug("retransmitting %s packet %d", self.kind, seq)
-        udp.sendto(
-            protect(header + self._extensions(clock.current_ntp_time()) + body), address
-        )
+        extensions = self._extensions(clock.current_ntp_time())
+        udp.sendto(session.protect(header + extensions + body), address)
