@@ -3,6 +3,9 @@
 import asyncio
 import time
 
+import pytest
+from aiortc import RTCRtpReceiver
+
 from tests.peers import Publisher, Viewer, record_rtp
 
 
@@ -334,3 +337,93 @@ async def test_fifty_viewers_nexting_onto_one_stage_cause_few_keyframe_requests(
     await asyncio.gather(*(v.stop() for v in crowd + audience))
     await publisher.stop()
     await other.stop()
+
+
+class Losses:
+    """Loses a few of a viewer's video packets on the way in, before SRTP sees them,
+    as a network would; notes every packet that reaches the receiver, and what the
+    server sends again for the lost ones: over RTX (the original sequence number leads
+    the payload, RFC 4588) or, without RTX, the same packet once more."""
+
+    def __init__(self, viewer: Viewer, count: int) -> None:
+        transceiver = next(t for t in viewer.pc.getTransceivers() if t.kind == "video")
+        codecs = transceiver._codecs
+        self.media_types = {c.payloadType for c in codecs if c.name != "rtx"}
+        self.rtx_types = {c.payloadType for c in codecs if c.name == "rtx"}
+        self.count = count
+        self.lost: list[int] = []
+        self.received: dict[int, int] = {}  # seq -> timestamp, first copies
+        self.again: dict[int, int] = {}  # lost seq -> timestamp of the copy sent again
+        receiver = transceiver.receiver
+        ice = receiver.transport.transport
+        self._recv = ice._recv
+        ice._recv = self._next_datagram
+        self._handle_packet = receiver._handle_rtp_packet
+        receiver._handle_rtp_packet = self._on_packet
+
+    async def _next_datagram(self) -> bytes:
+        while True:
+            data = await self._recv()
+            # SRTP leaves the RTP header in the clear (RFC 3711): the payload type
+            # and sequence number can be read before decryption.
+            media = 127 < data[0] < 192 and data[1] & 0x7F in self.media_types
+            seq = int.from_bytes(data[2:4], "big")
+            if not media or len(self.lost) == self.count or seq in self.lost:
+                return data
+            self.lost.append(seq)
+
+    async def _on_packet(self, packet, arrival_time_ms: int) -> None:
+        seq = packet.sequence_number
+        if packet.payload_type in self.media_types:
+            if seq in self.lost:
+                self.again[seq] = packet.timestamp
+            else:
+                self.received[seq] = packet.timestamp
+        elif packet.payload_type in self.rtx_types and len(packet.payload) >= 2:
+            original = int.from_bytes(packet.payload[:2], "big")
+            if original in self.lost:
+                self.again[original] = packet.timestamp
+        await self._handle_packet(packet, arrival_time_ms)
+
+    def misplaced(self) -> list[int]:
+        """Lost packets sent again with a timestamp outside their neighbours'."""
+        wrong = []
+        for seq in self.lost:
+            before = self.received.get((seq - 1) % 65536)
+            after = self.received.get((seq + 1) % 65536)
+            stamp = self.again.get(seq)
+            if before is None or after is None or seq in self.received:
+                continue  # one of a run of losses: its neighbours were lost too
+            if stamp is None or not before <= stamp <= after:
+                wrong.append(seq)
+        return wrong
+
+
+@pytest.mark.parametrize("rtx", [True, False], ids=["rtx", "no-rtx"])
+async def test_lost_video_packets_are_sent_again(server, new_stage, rtx):
+    stage = await new_stage()
+    publisher = await Publisher(server.base, stage["id"], stage["key"]).start()
+    viewer = Viewer(server.base)
+    video = viewer.pc.addTransceiver("video", direction="recvonly")
+    if not rtx:
+        codecs = RTCRtpReceiver.getCapabilities("video").codecs
+        video.setCodecPreferences([c for c in codecs if c.mimeType == "video/VP8"])
+    await viewer.start(stage["id"], video=False)
+    await viewer.wait_video(count=10)
+
+    # aiortc's receiver asks for the missing packets (NACK) when later ones arrive.
+    losses = Losses(viewer, count=6)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if len(losses.lost) == 6 and losses.again.keys() >= set(losses.lost):
+            break
+        await asyncio.sleep(0.05)
+    assert bool(losses.rtx_types) == rtx, losses.rtx_types
+    assert len(losses.lost) == 6, f"only {len(losses.lost)} packets came at all"
+    missing = sorted(set(losses.lost) - losses.again.keys())
+    assert not missing, f"never sent again: {missing} of {losses.lost}"
+    assert not losses.misplaced(), f"sent again with other timestamps: {losses.again}"
+    resumed = time.monotonic()
+    await viewer.wait_video(count=10, since=resumed)
+    await viewer.stop()
+    await publisher.stop()

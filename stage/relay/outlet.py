@@ -8,7 +8,13 @@ ICE, receiving RTCP (NACK, PLI, receiver reports) and sending sender reports. On
 the RTP packets themselves are written here, synchronously, per frame:
 
     header (seq, timestamp, SSRC) + extensions + [VP8 descriptor] + shared payload
-      -> SRTP protect -> the nominated ICE pair's UDP transport
+      -> SRTP protect -> the nominated ICE pair's UDP socket
+
+Each packet is assembled in one buffer and encrypted there in place (libsrtp through
+pylibsrtp's binding), then handed to the socket straight from that buffer: no bytes
+object is made per packet, and the asyncio transport is bypassed while the kernel
+takes everything. Once the kernel refuses a packet, the rest go through the transport,
+which queues them in order (and which the backlog check below reads).
 
 Retransmissions (NACK) are answered from a ring of recently sent packets, over RTX
 when the viewer negotiated it. After each frame the sender's counters are updated
@@ -17,17 +23,20 @@ browser needs to keep audio and video in sync.
 
 Relies on aiortc 1.16 internals (pinned): the sender's SSRCs, name-mangled report
 counters and `_retransmit` hook, the DTLS transport's state and `_tx_srtp`, and
-aioice's nominated pair.
+aioice's nominated pair; on pylibsrtp 1.0's binding and session handle; and on the
+socket behind asyncio's datagram transport (CPython 3.11).
 """
 
 from __future__ import annotations
 
 import logging
 import struct
+import time
 
-from aiortc import clock
 from aiortc.rtcdtlstransport import State
 from aiortc.utils import random16
+from pylibsrtp import _srtp_assert
+from pylibsrtp._binding import ffi, lib
 
 from .frames import MediaFrame
 from .packets import payloads_of
@@ -46,7 +55,18 @@ BACKLOG_LIMIT = 256 * 1024
 
 _HEADER = struct.Struct("!BBHII")
 _RTX_SEQ = struct.Struct("!H")
-_SENDER = "_RTCRtpSender__"
+# Where packets are put together and encrypted, one at a time (all on the event loop):
+# room for the largest RTP packet we write and SRTP's tag.
+_PACKET = ffi.new("char[]", 2048)
+_PACKET_VIEW = memoryview(ffi.buffer(_PACKET))
+_PACKET_LENGTH = ffi.new("int *")
+# The sender's report counters (name-mangled in aiortc's RTCRtpSender).
+_NTP_TIMESTAMP = "_RTCRtpSender__ntp_timestamp"
+_RTP_TIMESTAMP = "_RTCRtpSender__rtp_timestamp"
+_PACKET_COUNT = "_RTCRtpSender__packet_count"
+_OCTET_COUNT = "_RTCRtpSender__octet_count"
+# Seconds from 1900 (NTP's epoch) to 1970 (Unix time's).
+_NTP_EPOCH_OFFSET = 2208988800
 
 
 class Outlet:
@@ -64,9 +84,11 @@ class Outlet:
         self._history: list[tuple | None] = [None] * HISTORY[kind]
         self._payload_types: dict[str, int] = {}
         self._rtx_types: dict[int, int] = {}
-        self._mid_element = b""
-        self._playout_element = b""
-        self._abs_send_time_id = 0
+        self._extension_head = b"\xbe\xde\x00\x00"
+        self._extension_padding = b""
+        self._timed = False
+        self._route_kept = None
+        self._route_keys: tuple = ()
         self.packets = 0
         self.octets = 0
         self.skipped = 0
@@ -82,12 +104,14 @@ class Outlet:
                 self._rtx_types[int(codec.parameters["apt"])] = codec.payloadType
             else:
                 self._payload_types.setdefault(codec.name, codec.payloadType)
+        mid = playout = abs_send_time = b""
         for extension in transceiver._headerExtensions:
             if extension.uri == MID_URI and transceiver.mid:
-                mid = transceiver.mid.encode()
-                self._mid_element = bytes([extension.id << 4 | (len(mid) - 1)]) + mid
+                value = transceiver.mid.encode()
+                mid = bytes([extension.id << 4 | (len(value) - 1)]) + value
             elif extension.uri == ABS_SEND_TIME_URI:
-                self._abs_send_time_id = extension.id
+                # The element's head; its 3 bytes of time are written per frame.
+                abs_send_time = bytes([extension.id << 4 | 2])
             elif extension.uri == PLAYOUT_DELAY_URI and self.kind == "video":
                 # Minimum and maximum delay 0 (12 bits each, 10 ms units): the browser
                 # shows each frame as soon as it is decoded. Without it, Chromium's
@@ -95,7 +119,16 @@ class Outlet:
                 # and looks like jitter) and lip sync holds video back to the audio
                 # buffer: p50 530 ms from Next to picture against 31 ms with it, in
                 # the same session (bench/README.md).
-                self._playout_element = bytes([extension.id << 4 | 2, 0, 0, 0])
+                playout = bytes([extension.id << 4 | 2, 0, 0, 0])
+        # RFC 8285 one-byte header form: 0xBEDE, length in 32-bit words, elements,
+        # padding. abs-send-time goes last, so that all before its time is fixed.
+        elements = len(mid) + len(playout) + (4 if abs_send_time else 0)
+        words = -(-elements // 4)
+        padding = b"\x00" * (words * 4 - elements)
+        head = b"\xbe\xde" + words.to_bytes(2, "big") + mid + playout + abs_send_time
+        self._timed = bool(abs_send_time)
+        self._extension_head = head if self._timed else head + padding
+        self._extension_padding = padding
 
     def carries(self, codec: str) -> bool:
         return codec in self._payload_types
@@ -108,62 +141,107 @@ class Outlet:
         payload_type = self._payload_types.get(frame.codec)
         if route is None or payload_type is None:
             return False
-        protect, udp, address = route
-        if udp.get_write_buffer_size() > BACKLOG_LIMIT:
+        session, udp, address = route
+        backlog = udp.get_write_buffer_size()
+        if backlog > BACKLOG_LIMIT:
             self.skipped += 1
             return False
+        # Straight to the socket unless asyncio already holds packets for it.
+        direct = None if backlog else udp._sock.sendto
         payloads = payloads_of(frame)
-        now = clock.current_ntp_time()
+        now = ntp_time()
         extensions = self._extensions(now)
-        descriptors = self._vp8_descriptors() if frame.codec == "VP8" else None
+        if frame.codec == "VP8":
+            descriptors = self._vp8_descriptors()
+            heads = (extensions + descriptors[0], extensions + descriptors[1])
+        else:
+            descriptors = None
+            heads = (extensions, extensions)
         timestamp &= 0xFFFFFFFF
+        first_seq = self._seq
         last = len(payloads) - 1
+        self._seq = (first_seq + last + 1) & 0xFFFF
+
+        # One record per frame, in the slot of each of its sequence numbers.
         history = self._history
         size = len(history)
+        kept = (first_seq, payload_type, timestamp, descriptors, payloads)
+
+        srtp = session._srtp[0]
+        protect = lib.srtp_protect
+        header = _HEADER.pack_into
+        view = _PACKET_VIEW
+        length = _PACKET_LENGTH
+        ssrc = self._ssrc
         octets = 0
         for index, payload in enumerate(payloads):
-            seq = self._seq
-            self._seq = (seq + 1) & 0xFFFF
-            marker = 0x80 if index == last else 0
-            descriptor = b""
-            if descriptors is not None:
-                descriptor = descriptors[index != 0]
-            header = _HEADER.pack(
-                0x90, marker | payload_type, seq, timestamp, self._ssrc
-            )
-            udp.sendto(protect(header + extensions + descriptor + payload), address)
-            history[seq % size] = (
+            seq = (first_seq + index) & 0xFFFF
+            history[seq % size] = kept
+            head = heads[index != 0]
+            start = 12 + len(head)
+            end = start + len(payload)
+            header(
+                view,
+                0,
+                0x90,
+                (0x80 if index == last else 0) | payload_type,
                 seq,
-                marker | payload_type,
                 timestamp,
-                descriptor,
-                payload,
+                ssrc,
             )
-            octets += len(descriptor) + len(payload)
-        self._counted(len(payloads), octets, timestamp, now)
+            view[12:start] = head
+            view[start:end] = payload
+            length[0] = end
+            failed = protect(srtp, _PACKET, length)
+            if failed:
+                _srtp_assert(failed)
+            packet = view[: length[0]]
+            octets += end - 12 - len(extensions)
+            if direct is not None:
+                try:
+                    direct(packet, address)
+                    continue
+                except OSError:
+                    # Refused (a full socket buffer, mostly): asyncio retries this
+                    # packet and queues the rest of the frame behind it.
+                    direct = None
+            udp.sendto(packet, address)
+        self._counted(last + 1, octets, timestamp, now)
         return True
 
     def _route(self):
+        """(SRTP session, UDP transport, address), or None while not connected.
+
+        Kept between frames while the DTLS transport, its state and the nominated
+        ICE pair stay the same: looking it up for every frame (three properties
+        and a new address tuple) took a tenth of the fan-out's time.
+        """
         dtls = self._sender.transport
+        if self._route_kept is not None:
+            kept_dtls, connection, pair = self._route_keys
+            if (
+                dtls is kept_dtls
+                and dtls._state is State.CONNECTED
+                and connection._nominated.get(1) is pair
+            ):
+                return self._route_kept
+            self._route_kept = None
         if dtls is None or dtls._state is not State.CONNECTED:
             return None
         connection = dtls.transport._connection
         pair = connection._nominated.get(1)
         if pair is None or pair.protocol.transport is None:
             return None
-        return dtls._tx_srtp.protect, pair.protocol.transport, pair.remote_addr
+        self._route_keys = (dtls, connection, pair)
+        self._route_kept = (dtls._tx_srtp, pair.protocol.transport, pair.remote_addr)
+        return self._route_kept
 
     def _extensions(self, ntp_now: int) -> bytes:
-        # RFC 8285 one-byte header form: 0xBEDE, length in 32-bit words, elements.
-        elements = self._mid_element + self._playout_element
-        if self._abs_send_time_id:
-            sent = (ntp_now >> 14) & 0xFFFFFF
-            elements += bytes([self._abs_send_time_id << 4 | 2]) + sent.to_bytes(
-                3, "big"
-            )
-        padding = -len(elements) % 4
-        elements += b"\x00" * padding
-        return b"\xbe\xde" + (len(elements) // 4).to_bytes(2, "big") + elements
+        if not self._timed:
+            return self._extension_head
+        # abs-send-time: 6.18 fixed-point seconds, the middle 24 bits of NTP time.
+        sent = (ntp_now >> 14) & 0xFFFFFF
+        return self._extension_head + sent.to_bytes(3, "big") + self._extension_padding
 
     def _vp8_descriptors(self) -> tuple[bytes, bytes]:
         # RFC 7741 section 4.2: X=1, S on the first packet, I=1, a 15-bit picture ID
@@ -179,38 +257,49 @@ class Outlet:
         self.packets += packets
         self.octets += octets
         sender = self._sender
-        setattr(sender, _SENDER + "ntp_timestamp", ntp_now)
-        setattr(sender, _SENDER + "rtp_timestamp", timestamp)
-        setattr(sender, _SENDER + "packet_count", self.packets)
-        setattr(sender, _SENDER + "octet_count", self.octets)
+        setattr(sender, _NTP_TIMESTAMP, ntp_now)
+        setattr(sender, _RTP_TIMESTAMP, timestamp)
+        setattr(sender, _PACKET_COUNT, self.packets)
+        setattr(sender, _OCTET_COUNT, self.octets)
 
     # retransmission
 
     async def _retransmit(self, seq: int) -> None:
         kept = self._history[seq % len(self._history)]
         route = self._route()
-        if kept is None or kept[0] != seq or route is None:
+        if kept is None or route is None:
             return
-        protect, udp, address = route
-        _, marker_type, timestamp, descriptor, payload = kept
-        payload_type = marker_type & 0x7F
+        first_seq, payload_type, timestamp, descriptors, payloads = kept
+        index = (seq - first_seq) & 0xFFFF
+        if index >= len(payloads):
+            return  # the slot has been taken by a later frame
+        session, udp, address = route
+        marker = 0x80 if index == len(payloads) - 1 else 0
+        descriptor = b"" if descriptors is None else descriptors[index != 0]
         rtx_type = self._rtx_types.get(payload_type)
         if rtx_type is None:
-            header = _HEADER.pack(0x90, marker_type, seq, timestamp, self._ssrc)
-            body = descriptor + payload
+            header = _HEADER.pack(
+                0x90, marker | payload_type, seq, timestamp, self._ssrc
+            )
+            body = descriptor + payloads[index]
         else:
             # RFC 4588: the original sequence number leads the RTX payload.
             rtx_seq = self._rtx_seq
             self._rtx_seq = (rtx_seq + 1) & 0xFFFF
             header = _HEADER.pack(
-                0x90,
-                (marker_type & 0x80) | rtx_type,
-                rtx_seq,
-                timestamp,
-                self._rtx_ssrc,
+                0x90, marker | rtx_type, rtx_seq, timestamp, self._rtx_ssrc
             )
-            body = _RTX_SEQ.pack(seq) + descriptor + payload
+            body = _RTX_SEQ.pack(seq) + descriptor + payloads[index]
         logger.debug("retransmitting %s packet %d", self.kind, seq)
-        udp.sendto(
-            protect(header + self._extensions(clock.current_ntp_time()) + body), address
-        )
+        extensions = self._extensions(ntp_time())
+        udp.sendto(session.protect(header + extensions + body), address)
+
+
+def ntp_time() -> int:
+    """Now as a 64-bit NTP timestamp (32.32 fixed-point seconds since 1900).
+
+    aiortc's clock.current_ntp_time gives the same through datetime, at several
+    times the cost; it is read once per frame per viewer.
+    """
+    seconds, nanoseconds = divmod(time.time_ns(), 1_000_000_000)
+    return (seconds + _NTP_EPOCH_OFFSET) << 32 | (nanoseconds << 32) // 1_000_000_000
