@@ -235,3 +235,65 @@ async def test_a_performer_reconnecting_with_a_new_clock(
     print(f"first: {first_wall:.2f} s wall, {checked.duration} s file, {oldest}")
     assert_plays(checked, seconds=first_wall)
     assert first_wall - 1.0 < oldest["duration"] < first_wall + 5.0, oldest
+
+
+class SlowClock(CaptureClock):
+    """A capture clock that runs at `rate` of real time: an encoder that cannot keep up."""
+
+    def __init__(self, rate: float) -> None:
+        super().__init__()
+        self.rate = rate
+
+    def now(self) -> float:
+        return super().now() * self.rate
+
+    async def until(self, t: float) -> None:
+        await super().until(t / self.rate)
+
+
+class StallingClock(CaptureClock):
+    """A capture clock whose process stops for `length` s at `at` s, then catches up."""
+
+    def __init__(self, at: float, length: float) -> None:
+        super().__init__()
+        self.at, self.length = at, length
+
+    async def until(self, t: float) -> None:
+        if t >= self.at and self.now() < self.at + self.length:
+            await super().until(self.at + self.length)
+        await super().until(t)
+
+
+async def test_an_encoder_that_falls_behind_is_recorded_without_holes(
+    server, http, new_stage, tmp_path
+):
+    # An encoder at 0.7x real time stamps 0.7 s of media per second. The recording
+    # plays that media without holes (it used to be cut every few seconds to follow
+    # arrival) and so is shorter than the show.
+    show = Show(server, http, await new_stage(), tmp_path)
+    clock = SlowClock(0.7)
+    show.add(BeepTrack(clock), FlashTrack(clock))
+    await show.start()
+    await asyncio.sleep(12)
+    wall = await show.end()
+    performance = await wait_recording(show.http, show.server, show.stage)
+    path = await download(show.http, show.server, show.stage, performance, tmp_path)
+    checked = check_file(path)
+    assert_plays(checked, seconds=clock.now(), audio_hole=0.1)
+    video, audio = checked.spans["video"], checked.spans["audio"]
+    assert abs(video[0] - audio[0]) < 0.5 and abs(video[1] - audio[1]) < 0.5, checked
+    assert checked.duration < wall - 2.0, (checked.duration, wall)
+
+
+async def test_a_stalled_publisher_that_catches_up_keeps_the_show_length(
+    server, http, new_stage, tmp_path
+):
+    # The publisher's process stops for 2.5 s, then sends what it captured meanwhile
+    # in a burst: nothing was missing, so nothing is inserted either.
+    show = Show(server, http, await new_stage(), tmp_path)
+    clock = StallingClock(at=3.0, length=2.5)
+    show.add(BeepTrack(clock), FlashTrack(clock))
+    await show.start()
+    await asyncio.sleep(9)
+    wall = await show.end()
+    await show.checked_recording(wall, audio_hole=0.1)

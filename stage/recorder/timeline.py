@@ -4,10 +4,14 @@ A frame's RTP timestamp says when it was captured, to the tick, and keeps lip sy
 its arrival says when it reached us, give or take the network and our own event
 loop. The timeline follows the timestamps for as long as they agree with arrival
 within reason, and falls back on arrival where they do not: a clock that leaps ahead
-(a buggy or restarted encoder), one that stood still while the publisher paused or
-stays behind real time, one that steps back for good. A few frames stamped earlier than the newest one are stale (an old
-frame handed over again) and are dropped: they would only smear the picture. So
-whatever a publisher's clock does, a recording lasts about as long as the show.
+(a buggy or restarted encoder), one that stood still while the publisher paused, one
+that steps back for good. A few frames stamped earlier than the newest one are stale
+(an old frame handed over again) and are dropped: they would only smear the picture.
+
+A clock that merely runs slow is followed: an encoder that cannot keep up (OBS on a
+busy laptop) stamps its frames in media time, and the recording plays its media
+without holes, shorter than the show by what the encoder fell behind. So is a burst
+after a stall that catches up on time (the frames were late, not missing).
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ logger = logging.getLogger(__name__)
 
 # Timestamps that run this far ahead of arrival have leapt: a frame is never early.
 AHEAD_LIMIT = 2.0
-# Frames arrive late behind a stalled event loop or a jitter buffer waiting for a
-# retransmission, and then catch up in a burst. Frames that stay this late for this
-# long (seconds of arrival) are on a clock that stood still or runs slow.
+# A pause: this long without a frame of the track (seconds of arrival).
+PAUSE = 1.0
+# Frames fall behind their clock over a pause, and catch up in a burst if they were
+# only delayed. Frames still this much later than before the pause, this long after
+# it, come from a clock that stood still while the publisher paused.
 LATE_LIMIT = 1.0
 LATE_FOR = 3.0
 # Frames stamped before the newest one are dropped for this long (seconds of
@@ -46,7 +52,10 @@ class TrackTimeline:
         self._newest = timestamp  # the newest timestamp placed
         self._newest_seconds = seconds
         self._stale_since: float | None = None
-        self._late_since: float | None = None
+        # After a pause: (when it ended, how far ahead of arrival frames were before).
+        self._pause: tuple[float, float] | None = None
+        self._last_arrival = arrival
+        self._last_ahead = 0.0
         self.rebased = 0
         self.dropped = 0
         self._rebase(seconds, timestamp, arrival)
@@ -60,23 +69,30 @@ class TrackTimeline:
         seconds = self._base_seconds + (timestamp - self._base_timestamp) / self.rate
         on_arrival = self._base_seconds + (arrival - self._base_arrival)
         ahead = seconds - on_arrival
-        if ahead < -LATE_LIMIT:
-            if self._late_since is None:
-                self._late_since = arrival
-        else:
-            self._late_since = None
+        if arrival - self._last_arrival > PAUSE and self._pause is None:
+            self._pause = (arrival, self._last_ahead)
+        self._last_arrival = arrival
+        if self._pause is not None:
+            ended, before = self._pause
+            if ahead - before >= -LATE_LIMIT:
+                self._pause = None  # caught up: the clock ran on over the pause
+            elif arrival - ended > LATE_FOR:
+                self._pause = None
+                self._warn(f"stood still over a pause ({before - ahead:.1f} s)")
+                seconds = self._follow_arrival(on_arrival + before, timestamp, arrival)
+                ahead = before
         if ahead > AHEAD_LIMIT:
             self._warn(f"leapt {ahead:.1f} s ahead of arrival time")
             seconds = self._follow_arrival(on_arrival, timestamp, arrival)
-        elif self._late_since is not None and arrival - self._late_since > LATE_FOR:
-            self._warn(f"stays {-ahead:.1f} s behind arrival time")
-            seconds = self._follow_arrival(on_arrival, timestamp, arrival)
+            ahead = 0.0
         elif ahead > 0 and arrival - self._based_at < SETTLE:
             # This frame came sooner after the first than their timestamps say:
             # the first was the late one.
             self._base_arrival -= ahead
+            ahead = 0.0
 
         self._newest, self._newest_seconds = timestamp, seconds
+        self._last_ahead = ahead
         return seconds
 
     def _behind(self, timestamp: int, arrival: float) -> float | None:
@@ -105,7 +121,7 @@ class TrackTimeline:
         self._base_timestamp = timestamp
         self._base_arrival = arrival
         self._based_at = arrival
-        self._stale_since = self._late_since = None
+        self._stale_since = None
 
     def _warn(self, what: str) -> None:
         # The first time at WARNING; a clock that keeps doing it would flood the log
