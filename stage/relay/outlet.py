@@ -34,7 +34,7 @@ import struct
 import time
 
 from aiortc.rtcdtlstransport import State
-from aiortc.utils import random16
+from aiortc.utils import random16, random32
 from pylibsrtp import _srtp_assert
 from pylibsrtp._binding import ffi, lib
 
@@ -80,6 +80,8 @@ class Outlet:
         self._rtx_ssrc = self._sender._rtx_ssrc
         self._seq = random16()
         self._rtx_seq = random16()
+        # RFC 3550 5.1: the first timestamp is random, like the first sequence number.
+        self._timestamp_origin = random32()
         self._picture_id = random16() & 0x7FFF
         self._history: list[tuple | None] = [None] * HISTORY[kind]
         self._payload_types: dict[str, int] = {}
@@ -157,7 +159,7 @@ class Outlet:
         else:
             descriptors = None
             heads = (extensions, extensions)
-        timestamp &= 0xFFFFFFFF
+        timestamp = (timestamp + self._timestamp_origin) & 0xFFFFFFFF
         first_seq = self._seq
         last = len(payloads) - 1
         self._seq = (first_seq + last + 1) & 0xFFFF
