@@ -187,8 +187,10 @@ class Store:
         return performance_id
 
     def end_performance(self, performance_id: str, ended_at: float) -> None:
+        """End a performance at `ended_at`, never before it started."""
         self._db.execute(
-            "UPDATE performances SET ended_at=? WHERE id=? AND ended_at IS NULL",
+            "UPDATE performances SET ended_at=MAX(?, started_at)"
+            " WHERE id=? AND ended_at IS NULL",
             (ended_at, performance_id),
         )
         self._db.execute(

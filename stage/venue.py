@@ -157,13 +157,17 @@ class Venue:
             # The same key published again during the show (a reload, an encoder
             # restart): the new publisher takes over, viewers stay, and the old
             # connection's performance ends so that each recording has one source.
+            # After a loss it ended with the last media received, not with the hold.
+            ended_at = self._end_time(hub)
             old = hub.replace_publisher(publisher)
             self.held.discard(stage.id)
             logger.info(
                 "stage %s: publisher %s replaced by %s", stage.id, old.id, publisher.id
             )
             self._spawn(
-                self._close_performance(stage.id, self._take_performance(stage.id))
+                self._close_performance(
+                    stage.id, self._take_performance(stage.id, ended_at)
+                )
             )
             self._spawn(old.close())
         self._start_performance(hub)
@@ -276,6 +280,7 @@ class Venue:
     async def end_stage(self, hub: StageHub) -> None:
         if self.hubs.get(hub.stage_id) is not hub:
             return
+        ended_at = self._end_time(hub)
         del self.hubs[hub.stage_id]
         self.held.discard(hub.stage_id)
         hub.end()
@@ -285,8 +290,19 @@ class Venue:
                 viewer, self._choose(viewer, exclude=hub.stage_id), ended_by=BY_SHOW
             )
         await self._close_performance(
-            hub.stage_id, self._take_performance(hub.stage_id)
+            hub.stage_id, self._take_performance(hub.stage_id, ended_at)
         )
+
+    def _end_time(self, hub: StageHub) -> float:
+        """When a stage's performance ends if it ends now (wall clock).
+
+        A held stage's performer was lost: the show ended with the last media received,
+        so the hold (up to RECONNECT_WINDOW and more) is not part of its length.
+        """
+        now = time.time()
+        if hub.stage_id not in self.held:
+            return now
+        return now - max(0.0, time.monotonic() - hub.last_frame_at)
 
     # performances and recordings
 
@@ -317,8 +333,11 @@ class Venue:
             self._end_watch(viewer, BY_SHOW)
             self._start_watch(viewer, hub)
 
-    def _take_performance(self, stage_id: str) -> Performance | None:
-        """End a performance's row and feed at once; its file is closed after."""
+    def _take_performance(
+        self, stage_id: str, ended_at: float | None = None
+    ) -> Performance | None:
+        """End a performance's row (now, or at `ended_at`) and feed at once; its file
+        is closed after."""
         performance = self.performances.pop(stage_id, None)
         if performance is None:
             return None
@@ -331,7 +350,8 @@ class Venue:
             for viewer in hub.viewers:
                 self._end_watch(viewer, BY_SHOW)
         self.audience.flush()
-        self.store.end_performance(performance.id, time.time())
+        ended_at = time.time() if ended_at is None else ended_at
+        self.store.end_performance(performance.id, ended_at)
         return performance
 
     async def _close_performance(
