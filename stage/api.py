@@ -19,7 +19,7 @@ from aiohttp import web
 from . import chart
 from .appkeys import STORE, VENUE
 from .audience import BY_VIEWER, UNCONNECTED, Numbers
-from .errors import BadRequest, NotFound, Unauthorized
+from .errors import BadRequest, Conflict, NotFound, Unauthorized
 from .recorder.files import live_path_for
 from .requests import find_stage, owner_cookie, read_json, require_owner
 from .store import PerformanceRecord, StageRecord
@@ -256,6 +256,9 @@ async def download_recording(request: web.Request) -> web.StreamResponse:
         performance.recording_state not in ("ready", "truncated")
         or not performance.recording_path
     ):
+        if performance.recording_state in ("recording", "finishing"):
+            # The file is listed and will be there: not missing, just not yet.
+            raise Conflict(_why_no_file(performance.recording_state))
         raise NotFound(_why_no_file(performance.recording_state))
     data = request.app[VENUE].data
     path = (data / performance.recording_path).resolve()
