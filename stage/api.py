@@ -79,7 +79,7 @@ async def live_stages(request: web.Request) -> web.Response:
     # A stage held for its performer to reconnect is not offered to newcomers.
     hubs = [h for h in venue.hubs.values() if not venue.reconnecting(h.stage_id)]
     stages = [
-        {"id": h.stage_id, "name": h.name, "live": True, "viewers": h.watching}
+        {"id": h.stage_id, "name": h.name, "live": True, "viewers": venue.watching(h)}
         for h in sorted(hubs, key=lambda h: h.name.lower())
     ]
     return web.json_response({"stages": stages})
@@ -95,7 +95,7 @@ def stage_summary(app: web.Application, stage: StageRecord) -> dict:
         # Held for its performer to come back, a stage is not live (README.md).
         "live": hub is not None and not reconnecting,
         "reconnecting": reconnecting,
-        "viewers": hub.watching if hub else 0,
+        "viewers": venue.watching(hub) if hub else 0,
         "views": venue.audience.stage_views(stage.id),
         "recording": venue.recording_state(stage.id),
         # Lets a performer's page see that another connection took the stage over.

@@ -86,6 +86,8 @@ class Venue:
         self.performances: dict[str, Performance] = {}  # by stage id
         self.publishers: dict[str, Publisher] = {}  # every publisher not yet gone
         self.viewers: dict[str, Viewer] = {}
+        # Viewers whose connection has come up: only they count as watching.
+        self.came_up: set[str] = set()
         # Stages whose publisher was lost, held for the same key (by stage id).
         self.held: set[str] = set()
         self._tasks: set[asyncio.Task] = set()
@@ -462,6 +464,7 @@ class Venue:
         )
         viewer.answer = answer
         self.viewers[viewer.id] = viewer
+        viewer.pc.on("connectionstatechange", lambda: self._on_viewer_state(viewer))
         if not self._offered(hub) or not self._fits(viewer, hub):
             hub = self._choose(viewer)
         self._move(viewer, hub)
@@ -494,6 +497,21 @@ class Venue:
         finally:
             await self.leave(viewer.id)
 
+    def _on_viewer_state(self, viewer: Viewer) -> None:
+        if viewer.pc.connectionState != "connected" or viewer.id in self.came_up:
+            return
+        if viewer.id not in self.viewers:
+            return
+        self.came_up.add(viewer.id)
+        if viewer.watch_id is not None:
+            self.audience.connect(viewer.watch_id)
+        if viewer.hub is not None:
+            self._announce(viewer.hub)
+
+    def watching(self, hub: StageHub) -> int:
+        """Viewers on the stage now whose connection came up."""
+        return sum(1 for viewer in hub.viewers if viewer.id in self.came_up)
+
     def viewer(self, viewer_id: str) -> Viewer:
         viewer = self.viewers.get(viewer_id)
         if viewer is None:
@@ -515,6 +533,7 @@ class Venue:
             return
         watched = time.monotonic() - viewer.joined_at
         self._move(viewer, None, ended_by)
+        self.came_up.discard(viewer.id)
         await viewer.close()
         logger.info("viewer %s: left after %.1f s", viewer.id, watched)
 
@@ -572,7 +591,9 @@ class Venue:
     def _start_watch(self, viewer: Viewer, hub: StageHub) -> None:
         performance = self.performances.get(hub.stage_id)
         if performance is not None:
-            viewer.watch_id = self.audience.open_watch(performance.id, viewer.visitor)
+            viewer.watch_id = self.audience.open_watch(
+                performance.id, viewer.visitor, connected=viewer.id in self.came_up
+            )
 
     def _end_watch(self, viewer: Viewer, ended_by: str) -> None:
         if viewer.watch_id is not None:
