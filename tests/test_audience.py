@@ -479,6 +479,38 @@ async def test_viewers_whose_connection_never_came_up_make_no_peak(
     ), texts
 
 
+async def test_the_chart_labels_only_the_first_rise_to_the_peak(
+    server, http, new_stage, peers
+):
+    stage = await new_stage()
+    publisher = await Publisher(server.base, stage["id"], stage["key"]).start()
+    peers(publisher)
+    # The one viewer comes, goes and comes back three times: the peak, 1, is reached
+    # three times, spread over the show (so the labels would not even overlap).
+    for _ in range(3):
+        viewer = Viewer(server.base)
+        peers(viewer)
+        await viewer.start(stage_id=stage["id"])
+        await viewer.stop()
+        await asyncio.sleep(1.0)
+    await publisher.stop()
+    performance = await performance_of(server, http, stage)
+    assert (performance["peak_viewers"], performance["visits"]) == (1, 3), performance
+    async with http.get(
+        server.base + performance["chart_url"],
+        headers={"Authorization": f"Bearer {stage['key']}"},
+    ) as r:
+        svg = ET.fromstring(await r.text())
+    dots = list(svg.iter("{http://www.w3.org/2000/svg}circle"))
+    labels = [
+        t.text
+        for t in svg.iter("{http://www.w3.org/2000/svg}text")
+        if (t.text or "").startswith("peak")
+    ]
+    assert len(dots) == 3, ET.tostring(svg)
+    assert len(labels) == 1 and re.fullmatch(r"peak 1 at 0:0\d", labels[0]), labels
+
+
 async def test_chart_and_export_are_the_owners_only(server, http, new_stage, peers):
     stage = await new_stage()
     publisher = await Publisher(server.base, stage["id"], stage["key"]).start()
