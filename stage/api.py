@@ -85,6 +85,13 @@ async def live_stages(request: web.Request) -> web.Response:
     return web.json_response({"stages": stages})
 
 
+def _last_recording(app: web.Application, stage: StageRecord) -> dict | None:
+    last = app[STORE].latest_performance(stage.id)
+    if last is None or last.ended_at is None:
+        return None
+    return {"state": last.recording_state, "dashboard": f"/stages/{stage.id}"}
+
+
 def stage_summary(app: web.Application, stage: StageRecord) -> dict:
     venue = app[VENUE]
     hub = venue.hubs.get(stage.id)
@@ -98,6 +105,9 @@ def stage_summary(app: web.Application, stage: StageRecord) -> dict:
         "viewers": venue.watching(hub) if hub else 0,
         "views": venue.audience.stage_views(stage.id),
         "recording": venue.recording_state(stage.id),
+        # What became of the last show's recording, so that a performer who ended it
+        # is pointed to it (the file itself needs the key, on the dashboard).
+        "last_recording": _last_recording(app, stage),
         # Lets a performer's page see that another connection took the stage over.
         "publisher": hub.publisher.id if hub else None,
     }

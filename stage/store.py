@@ -228,6 +228,14 @@ class Store:
         ).fetchall()
         return [PerformanceRecord(**row) for row in rows]
 
+    def latest_performance(self, stage_id: str) -> PerformanceRecord | None:
+        row = self._db.execute(
+            "SELECT * FROM performances WHERE stage_id=?"
+            " ORDER BY started_at DESC LIMIT 1",
+            (stage_id,),
+        ).fetchone()
+        return PerformanceRecord(**row) if row else None
+
     def unfinished_performances(self) -> list[PerformanceRecord]:
         rows = self._db.execute(
             "SELECT * FROM performances WHERE ended_at IS NULL"

@@ -71,3 +71,43 @@ async def test_recording_in_progress_is_shown_whole_at_1280_wide(server, new_sta
             assert seen["inside"] and not seen["scrolls"], seen
     finally:
         await publisher.pc.close()
+
+
+async def test_after_end_show_the_perform_page_points_to_the_saved_recording(
+    server,
+):
+    async with launch_chromium(None) as browser:
+        page = await new_page(browser, viewport=LAPTOP)
+        await page.goto(f"{server.base}/perform")
+        await page.fill("#stage-name", "Saved Night")
+        await page.click("#create-stage")
+        await expect(page.locator("#performer-name")).to_have_text("Saved Night")
+        saved = await page.evaluate(
+            "() => JSON.parse(localStorage.getItem('stage.performer'))"
+        )
+        await expect(page.locator("#go-live")).to_be_enabled(timeout=UI_TIMEOUT_MS)
+        await page.click("#go-live")
+        await expect(page.locator("#live-status")).to_have_text("Live", timeout=15_000)
+        await expect(page.locator("#recording-status")).to_have_text("Recording")
+        # Some media reaches the recording before the show ends.
+        await expect(page.locator("#recording-status")).to_have_attribute(
+            "data-state", "recording"
+        )
+        await page.wait_for_timeout(2000)
+        await page.click("#end-show")
+        await expect(page.locator("#live-status")).to_have_text("Off air")
+
+        link = page.locator("#recording-status a#recording-link")
+        await expect(link).to_be_visible(timeout=UI_TIMEOUT_MS)
+        await expect(page.locator("#recording-status")).to_contain_text(
+            "Last show saved"
+        )
+        await expect(link).to_have_attribute("href", f"/stages/{saved['id']}")
+        shot = await screenshot(page, SHOTS / "perform-after-end-1280.png")
+        print(f"\nscreenshot: {shot}")
+
+        # The link leads to the dashboard, which lists the show with its download.
+        await link.click()
+        await page.wait_for_url(f"{server.base}/stages/{saved['id']}")
+        await open_dashboard(page, server.base, {**saved, "key": saved["key"]})
+        await expect(page.locator("tr.performance a.download")).to_be_visible()
