@@ -19,7 +19,7 @@ from aiohttp import web
 from . import chart
 from .appkeys import STORE, VENUE
 from .audience import BY_VIEWER, UNCONNECTED, Numbers
-from .errors import BadRequest, NotFound, Unauthorized
+from .errors import BadRequest, Conflict, NotFound, Unauthorized
 from .recorder.files import live_path_for
 from .requests import find_stage, owner_cookie, read_json, require_owner
 from .store import PerformanceRecord, StageRecord
@@ -79,10 +79,17 @@ async def live_stages(request: web.Request) -> web.Response:
     # A stage held for its performer to reconnect is not offered to newcomers.
     hubs = [h for h in venue.hubs.values() if not venue.reconnecting(h.stage_id)]
     stages = [
-        {"id": h.stage_id, "name": h.name, "live": True, "viewers": h.watching}
+        {"id": h.stage_id, "name": h.name, "live": True, "viewers": venue.watching(h)}
         for h in sorted(hubs, key=lambda h: h.name.lower())
     ]
     return web.json_response({"stages": stages})
+
+
+def _last_recording(app: web.Application, stage: StageRecord) -> dict | None:
+    last = app[STORE].latest_performance(stage.id)
+    if last is None or last.ended_at is None:
+        return None
+    return {"state": last.recording_state, "dashboard": f"/stages/{stage.id}"}
 
 
 def stage_summary(app: web.Application, stage: StageRecord) -> dict:
@@ -95,9 +102,12 @@ def stage_summary(app: web.Application, stage: StageRecord) -> dict:
         # Held for its performer to come back, a stage is not live (README.md).
         "live": hub is not None and not reconnecting,
         "reconnecting": reconnecting,
-        "viewers": hub.watching if hub else 0,
+        "viewers": venue.watching(hub) if hub else 0,
         "views": venue.audience.stage_views(stage.id),
         "recording": venue.recording_state(stage.id),
+        # What became of the last show's recording, so that a performer who ended it
+        # is pointed to it (the file itself needs the key, on the dashboard).
+        "last_recording": _last_recording(app, stage),
         # Lets a performer's page see that another connection took the stage over.
         "publisher": hub.publisher.id if hub else None,
     }
@@ -256,6 +266,9 @@ async def download_recording(request: web.Request) -> web.StreamResponse:
         performance.recording_state not in ("ready", "truncated")
         or not performance.recording_path
     ):
+        if performance.recording_state in ("recording", "finishing"):
+            # The file is listed and will be there: not missing, just not yet.
+            raise Conflict(_why_no_file(performance.recording_state))
         raise NotFound(_why_no_file(performance.recording_state))
     data = request.app[VENUE].data
     path = (data / performance.recording_path).resolve()

@@ -39,8 +39,13 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS audience_marks (name TEXT PRIMARY KEY, at REAL NOT NULL);
 """
 
-# Seconds a watch counts for: to its end, or to now while it is open; zero for a
-# browser that never got connected.
+# Whether a watch counts toward watching now, the peak and the chart: its viewer's
+# connection came up. (Rows written before the `connected` column existed know only
+# whether they were given up on.)
+COUNTED = "COALESCE(connected, ended_by IS NOT 'unconnected')"
+
+# Seconds a watch counts for: to its end, or to now while it is open, from the answer
+# on; zero for a browser given up on because it never got connected.
 WATCHED = (
     "CASE WHEN ended_by IS 'unconnected' THEN 0"
     " ELSE MAX(COALESCE(ended_at, ?), started_at) - started_at END"
@@ -71,6 +76,7 @@ class Watch:
     started_at: float
     ended_at: float | None
     ended_by: str | None
+    connected: bool
 
 
 class Audience:
@@ -84,15 +90,20 @@ class Audience:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(watches)")}
         if "ended_by" not in columns:
             self._db.execute("ALTER TABLE watches ADD COLUMN ended_by TEXT")
+        if "connected" not in columns:
+            self._db.execute("ALTER TABLE watches ADD COLUMN connected INTEGER")
         self._next_id = (
             self._db.execute("SELECT COALESCE(MAX(id), 0) FROM watches").fetchone()[0]
             + 1
         )
         self._last_at = 0.0
-        # Not yet written: new rows by id, and ends of rows already written.
+        # Not yet written: new rows by id, ends of rows already written, and rows
+        # already written whose viewer's connection has come up since.
         self._new: dict[int, list] = {}
         self._ends: dict[int, tuple[float, str]] = {}
+        self._connects: set[int] = set()
         self._open: dict[int, str] = {}  # watch id -> performance id
+        self._connected: set[int] = set()  # open watches whose viewer is connected
         self._task: asyncio.Task | None = None
 
     def now(self) -> float:
@@ -106,16 +117,41 @@ class Audience:
 
     # the path joins and leaves take: memory only
 
-    def open_watch(self, performance_id: str, viewer: str) -> int:
+    def open_watch(
+        self, performance_id: str, viewer: str, *, connected: bool = True
+    ) -> int:
+        """A visit begins; it counts as watching once its viewer is `connected`."""
         watch_id = self._next_id
         self._next_id += 1
-        self._new[watch_id] = [watch_id, performance_id, viewer, self.now(), None, None]
+        self._new[watch_id] = [
+            watch_id,
+            performance_id,
+            viewer,
+            self.now(),
+            None,
+            None,
+            int(connected),
+        ]
         self._open[watch_id] = performance_id
+        if connected:
+            self._connected.add(watch_id)
         return watch_id
+
+    def connect(self, watch_id: int) -> None:
+        """The open watch's viewer is connected: from now on it counts as watching."""
+        if watch_id not in self._open or watch_id in self._connected:
+            return
+        self._connected.add(watch_id)
+        row = self._new.get(watch_id)
+        if row is not None:
+            row[6] = 1
+        else:
+            self._connects.add(watch_id)
 
     def close_watch(self, watch_id: int, ended_by: str) -> None:
         if self._open.pop(watch_id, None) is None:
             return
+        self._connected.discard(watch_id)
         at = self.now()
         row = self._new.get(watch_id)
         if row is not None:
@@ -124,32 +160,34 @@ class Audience:
             self._ends[watch_id] = (at, ended_by)
 
     def watching(self, performance_id: str) -> int:
-        """Open watches of a performance, from memory."""
-        return sum(1 for p in self._open.values() if p == performance_id)
+        """Open watches of a performance whose viewer is connected, from memory."""
+        return sum(1 for w in self._connected if self._open[w] == performance_id)
 
     @property
     def pending(self) -> int:
-        return len(self._new) + len(self._ends)
+        return len(self._new) + len(self._ends) + len(self._connects)
 
     # writing
 
     def flush(self) -> int:
         """Write what is pending in one transaction; returns how many changes."""
-        if not self._new and not self._ends:
+        if not self._new and not self._ends and not self._connects:
             if self._open:
                 # Nothing new, but watches are open: keep the moment we vouch for fresh.
                 self._mark(self.now())
             return 0
         new, ends = list(self._new.values()), list(self._ends.items())
+        connects = [(watch_id,) for watch_id in self._connects]
         db = self._db
         db.execute("BEGIN")
         try:
             db.executemany(
                 "INSERT INTO watches"
-                " (id, performance_id, viewer, started_at, ended_at, ended_by)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                " (id, performance_id, viewer, started_at, ended_at, ended_by,"
+                " connected) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 new,
             )
+            db.executemany("UPDATE watches SET connected=1 WHERE id=?", connects)
             db.executemany(
                 "UPDATE watches SET ended_at=?, ended_by=?"
                 " WHERE id=? AND ended_at IS NULL",
@@ -162,7 +200,8 @@ class Audience:
             raise
         self._new.clear()
         self._ends.clear()
-        return len(new) + len(ends)
+        self._connects.clear()
+        return len(new) + len(ends) + len(connects)
 
     def _mark(self, at: float) -> None:
         self._db.execute(
@@ -220,7 +259,7 @@ class Audience:
             for row in self._db.execute(
                 "SELECT performance_id, COUNT(*) AS visits,"
                 " COUNT(DISTINCT viewer) AS visitors,"
-                " SUM(ended_at IS NULL) AS watching,"
+                f" SUM(ended_at IS NULL AND {COUNTED}) AS watching,"
                 f" SUM({WATCHED}) AS watch_seconds,"
                 " SUM(ended_by IS 'viewer' AND ended_at - started_at < ?) AS nexted"
                 f" FROM watches WHERE performance_id IN ({marks})"
@@ -237,10 +276,11 @@ class Audience:
                 "   PARTITION BY performance_id ORDER BY at, step"
                 "   ROWS UNBOUNDED PRECEDING) AS level FROM ("
                 "    SELECT performance_id, started_at AS at, 1 AS step FROM watches"
-                f"    WHERE performance_id IN ({marks})"
+                f"    WHERE performance_id IN ({marks}) AND {COUNTED}"
                 "    UNION ALL"
                 "    SELECT performance_id, ended_at, -1 FROM watches"
                 f"    WHERE performance_id IN ({marks}) AND ended_at IS NOT NULL"
+                f"    AND {COUNTED}"
                 "  )"
                 ") GROUP BY performance_id",
                 (*ids, *ids),
@@ -284,16 +324,22 @@ class Audience:
     def watches(self, performance_id: str) -> list[Watch]:
         self.flush()
         rows = self._db.execute(
-            "SELECT id, viewer, started_at, ended_at, ended_by FROM watches"
+            "SELECT id, viewer, started_at, ended_at, ended_by,"
+            f" {COUNTED} AS connected FROM watches"
             " WHERE performance_id=? ORDER BY started_at, id",
             (performance_id,),
         ).fetchall()
-        return [Watch(**row) for row in rows]
+        return [Watch(**{**row, "connected": bool(row["connected"])}) for row in rows]
 
     def timeline(self, performance_id: str) -> list[tuple[float, int]]:
-        """Watching-now over a performance: (moment, count from then on), in order."""
+        """Watching-now over a performance: (moment, count from then on), in order.
+
+        Only visits whose viewer's connection came up are counted.
+        """
         steps = []
         for watch in self.watches(performance_id):
+            if not watch.connected:
+                continue
             steps.append((watch.started_at, 1))
             if watch.ended_at is not None:
                 steps.append((watch.ended_at, -1))

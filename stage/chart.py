@@ -14,7 +14,8 @@ LEFT, RIGHT, TOP, BOTTOM = 40, 16, 30, 28
 # Seconds between time marks, the first that gives at most MAX_TICKS of them.
 TICK_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200)
 MAX_TICKS = 7
-MAX_PEAK_LABELS = 3
+# Moments of the peak named in the chart's title (read out, not drawn).
+MAX_PEAK_MOMENTS = 3
 
 INK = "#a79db9"
 GRID = "#2d2640"
@@ -65,7 +66,7 @@ def render(points: list[tuple[float, int]], start: float, end: float, peak: int)
     ]
     moments = peak_moments(points, start, peak)
     summary = (
-        f"peak {peak} at {', '.join(clock(m) for m in moments[:MAX_PEAK_LABELS])}"
+        f"peak {peak} at {', '.join(clock(m) for m in moments[:MAX_PEAK_MOMENTS])}"
         if moments
         else "nobody watched"
     )
@@ -113,21 +114,21 @@ def render(points: list[tuple[float, int]], start: float, end: float, peak: int)
         ' stroke-linejoin="round"/>'
     )
 
-    # peaks: a dot where each rise to the peak happened, the first few labelled
-    last_label = -1e9
-    for number, moment in enumerate(moments):
+    # peaks: a dot where each rise to the peak happened; only the first is labelled,
+    # since every label would say the same and they would run into each other
+    for moment in moments:
         px, py = x(start + moment), y(peak)
         parts.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="4" fill="{PEAK}"/>')
-        if number >= MAX_PEAK_LABELS or px - last_label < 110:
-            continue
-        last_label = px
+    if moments:
+        first = moments[0]
+        px, py = x(start + first), y(peak)
         anchor = "end" if px > WIDTH - RIGHT - 100 else "start"
         dx = -6 if anchor == "end" else 6
         parts.append(
             f'<text x="{px + dx:.1f}" y="{py - 7:.1f}" text-anchor="{anchor}"'
-            f' fill="{PEAK}" font-weight="600">peak {peak} at {clock(moment)}</text>'
+            f' fill="{PEAK}" font-weight="600">peak {peak} at {clock(first)}</text>'
         )
-    if not moments:
+    else:
         parts.append(
             f'<text x="{LEFT + plot_w / 2:.1f}" y="{TOP + plot_h / 2:.1f}"'
             ' text-anchor="middle">Nobody watched this performance.</text>'

@@ -26,7 +26,7 @@ class NotFound(StageError):
 
 
 class Conflict(StageError):
-    """Nothing (or nothing else) is live: try again later."""
+    """Not now: nothing (or nothing else) is live, or a file is still being written."""
 
     status = 409
 

@@ -167,7 +167,7 @@ def viewer_summary(venue, viewer) -> dict:
         "stage": {
             "id": hub.stage_id,
             "name": hub.name,
-            "viewers": hub.watching,
+            "viewers": venue.watching(hub),
             # The performer was lost and the stage waits for them: the picture is
             # frozen until they are back, or the viewer is moved on.
             "reconnecting": venue.reconnecting(hub.stage_id),

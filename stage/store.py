@@ -187,8 +187,10 @@ class Store:
         return performance_id
 
     def end_performance(self, performance_id: str, ended_at: float) -> None:
+        """End a performance at `ended_at`, never before it started."""
         self._db.execute(
-            "UPDATE performances SET ended_at=? WHERE id=? AND ended_at IS NULL",
+            "UPDATE performances SET ended_at=MAX(?, started_at)"
+            " WHERE id=? AND ended_at IS NULL",
             (ended_at, performance_id),
         )
         self._db.execute(
@@ -225,6 +227,14 @@ class Store:
             (stage_id,),
         ).fetchall()
         return [PerformanceRecord(**row) for row in rows]
+
+    def latest_performance(self, stage_id: str) -> PerformanceRecord | None:
+        row = self._db.execute(
+            "SELECT * FROM performances WHERE stage_id=?"
+            " ORDER BY started_at DESC LIMIT 1",
+            (stage_id,),
+        ).fetchone()
+        return PerformanceRecord(**row) if row else None
 
     def unfinished_performances(self) -> list[PerformanceRecord]:
         rows = self._db.execute(

@@ -86,6 +86,8 @@ class Venue:
         self.performances: dict[str, Performance] = {}  # by stage id
         self.publishers: dict[str, Publisher] = {}  # every publisher not yet gone
         self.viewers: dict[str, Viewer] = {}
+        # Viewers whose connection has come up: only they count as watching.
+        self.came_up: set[str] = set()
         # Stages whose publisher was lost, held for the same key (by stage id).
         self.held: set[str] = set()
         self._tasks: set[asyncio.Task] = set()
@@ -157,13 +159,17 @@ class Venue:
             # The same key published again during the show (a reload, an encoder
             # restart): the new publisher takes over, viewers stay, and the old
             # connection's performance ends so that each recording has one source.
+            # After a loss it ended with the last media received, not with the hold.
+            ended_at = self._end_time(hub)
             old = hub.replace_publisher(publisher)
             self.held.discard(stage.id)
             logger.info(
                 "stage %s: publisher %s replaced by %s", stage.id, old.id, publisher.id
             )
             self._spawn(
-                self._close_performance(stage.id, self._take_performance(stage.id))
+                self._close_performance(
+                    stage.id, self._take_performance(stage.id, ended_at)
+                )
             )
             self._spawn(old.close())
         self._start_performance(hub)
@@ -276,6 +282,7 @@ class Venue:
     async def end_stage(self, hub: StageHub) -> None:
         if self.hubs.get(hub.stage_id) is not hub:
             return
+        ended_at = self._end_time(hub)
         del self.hubs[hub.stage_id]
         self.held.discard(hub.stage_id)
         hub.end()
@@ -285,8 +292,19 @@ class Venue:
                 viewer, self._choose(viewer, exclude=hub.stage_id), ended_by=BY_SHOW
             )
         await self._close_performance(
-            hub.stage_id, self._take_performance(hub.stage_id)
+            hub.stage_id, self._take_performance(hub.stage_id, ended_at)
         )
+
+    def _end_time(self, hub: StageHub) -> float:
+        """When a stage's performance ends if it ends now (wall clock).
+
+        A held stage's performer was lost: the show ended with the last media received,
+        so the hold (up to RECONNECT_WINDOW and more) is not part of its length.
+        """
+        now = time.time()
+        if hub.stage_id not in self.held:
+            return now
+        return now - max(0.0, time.monotonic() - hub.last_frame_at)
 
     # performances and recordings
 
@@ -317,8 +335,11 @@ class Venue:
             self._end_watch(viewer, BY_SHOW)
             self._start_watch(viewer, hub)
 
-    def _take_performance(self, stage_id: str) -> Performance | None:
-        """End a performance's row and feed at once; its file is closed after."""
+    def _take_performance(
+        self, stage_id: str, ended_at: float | None = None
+    ) -> Performance | None:
+        """End a performance's row (now, or at `ended_at`) and feed at once; its file
+        is closed after."""
         performance = self.performances.pop(stage_id, None)
         if performance is None:
             return None
@@ -331,7 +352,8 @@ class Venue:
             for viewer in hub.viewers:
                 self._end_watch(viewer, BY_SHOW)
         self.audience.flush()
-        self.store.end_performance(performance.id, time.time())
+        ended_at = time.time() if ended_at is None else ended_at
+        self.store.end_performance(performance.id, ended_at)
         return performance
 
     async def _close_performance(
@@ -442,6 +464,7 @@ class Venue:
         )
         viewer.answer = answer
         self.viewers[viewer.id] = viewer
+        viewer.pc.on("connectionstatechange", lambda: self._on_viewer_state(viewer))
         if not self._offered(hub) or not self._fits(viewer, hub):
             hub = self._choose(viewer)
         self._move(viewer, hub)
@@ -474,6 +497,21 @@ class Venue:
         finally:
             await self.leave(viewer.id)
 
+    def _on_viewer_state(self, viewer: Viewer) -> None:
+        if viewer.pc.connectionState != "connected" or viewer.id in self.came_up:
+            return
+        if viewer.id not in self.viewers:
+            return
+        self.came_up.add(viewer.id)
+        if viewer.watch_id is not None:
+            self.audience.connect(viewer.watch_id)
+        if viewer.hub is not None:
+            self._announce(viewer.hub)
+
+    def watching(self, hub: StageHub) -> int:
+        """Viewers on the stage now whose connection came up."""
+        return sum(1 for viewer in hub.viewers if viewer.id in self.came_up)
+
     def viewer(self, viewer_id: str) -> Viewer:
         viewer = self.viewers.get(viewer_id)
         if viewer is None:
@@ -495,6 +533,7 @@ class Venue:
             return
         watched = time.monotonic() - viewer.joined_at
         self._move(viewer, None, ended_by)
+        self.came_up.discard(viewer.id)
         await viewer.close()
         logger.info("viewer %s: left after %.1f s", viewer.id, watched)
 
@@ -552,7 +591,9 @@ class Venue:
     def _start_watch(self, viewer: Viewer, hub: StageHub) -> None:
         performance = self.performances.get(hub.stage_id)
         if performance is not None:
-            viewer.watch_id = self.audience.open_watch(performance.id, viewer.visitor)
+            viewer.watch_id = self.audience.open_watch(
+                performance.id, viewer.visitor, connected=viewer.id in self.came_up
+            )
 
     def _end_watch(self, viewer: Viewer, ended_by: str) -> None:
         if viewer.watch_id is not None:

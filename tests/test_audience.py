@@ -247,7 +247,8 @@ async def test_200_visits_at_once_give_exactly_the_counts_of_the_log(
     stop = asyncio.Event()
     readers = asyncio.ensure_future(read_while_counting(server, (a, b), stop))
     try:
-        # 40 browsers on A at the same moment, then all leave: A's peak is 40.
+        # 40 browsers on A at the same moment, then all leave (they only signal, so
+        # they are visits but never watching at once: see the peak below).
         together = asyncio.Barrier(IN_FLIGHT)
 
         async def stay_together(browser):
@@ -325,9 +326,10 @@ async def test_200_visits_at_once_give_exactly_the_counts_of_the_log(
             f" longest quick look {quick:.2f} s"
         )
 
-    # The peak: exactly the 40 that were on A together; B never had more in flight.
-    assert numbers[a["id"]]["peak_viewers"] == IN_FLIGHT, numbers[a["id"]]
-    assert 1 <= numbers[b["id"]]["peak_viewers"] <= IN_FLIGHT, numbers[b["id"]]
+    # The peak counts only viewers whose connection came up, and these browsers only
+    # signal: none ever watched at the same moment as another.
+    assert numbers[a["id"]]["peak_viewers"] == 0, numbers[a["id"]]
+    assert numbers[b["id"]]["peak_viewers"] == 0, numbers[b["id"]]
     # A browser counted once on A, its reloads, and 30 visits there: never a 2nd view.
     assert numbers[a["id"]]["visitors"] == 40 + 50
 
@@ -431,6 +433,82 @@ async def test_browser_that_never_connects_is_a_visit_but_no_view(
     assert performance["watch_seconds"] == 0, performance
     [row] = await watches_csv(server, http, stage, performance)
     assert row["ended_by"] == "unconnected", row
+
+
+async def test_viewers_whose_connection_never_came_up_make_no_peak(
+    server, http, new_stage, peers
+):
+    """Landings whose ICE never started are visits, but never watching or the peak."""
+    stage = await new_stage()
+    publisher = await Publisher(server.base, stage["id"], stage["key"]).start()
+    peers(publisher)
+    unconnected = 5
+    for _ in range(unconnected):
+        async with http.post(
+            f"{server.base}/whep/{stage['id']}", data=await receive_offer(), headers=SDP
+        ) as r:
+            assert r.status == 201, await r.text()
+    viewer = Viewer(server.base)
+    peers(viewer)
+    await viewer.start(stage_id=stage["id"])
+
+    # The landings are still open (VIEWER_CONNECT_TIMEOUT is 10 s): not watching.
+    assert len(server.app[VENUE].viewers) == unconnected + 1
+    info = await get_json(http, f"{server.base}/api/stages/{stage['id']}")
+    assert info["viewers"] == 1, info
+    performance = await performance_of(server, http, stage)
+    assert (performance["watching"], performance["peak_viewers"]) == (1, 1), performance
+    status, body = await viewer.request("GET")
+    assert body["stage"]["viewers"] == 1, body
+
+    # The show ends with them still not connected.
+    await publisher.stop()
+    ended = await performance_of(server, http, stage)
+    assert ended["visits"] == unconnected + 1, ended
+    assert (ended["peak_viewers"], ended["watching"]) == (1, 0), ended
+    async with http.get(
+        server.base + ended["chart_url"],
+        headers={"Authorization": f"Bearer {stage['key']}"},
+    ) as r:
+        svg = ET.fromstring(await r.text())
+    texts = [t.text for t in svg.iter("{http://www.w3.org/2000/svg}text")]
+    assert (
+        [t for t in texts if t and t.startswith("peak")]
+        == [t for t in texts if t and re.fullmatch(r"peak 1 at 0:0\d", t)]
+        != []
+    ), texts
+
+
+async def test_the_chart_labels_only_the_first_rise_to_the_peak(
+    server, http, new_stage, peers
+):
+    stage = await new_stage()
+    publisher = await Publisher(server.base, stage["id"], stage["key"]).start()
+    peers(publisher)
+    # The one viewer comes, goes and comes back three times: the peak, 1, is reached
+    # three times, spread over the show (so the labels would not even overlap).
+    for _ in range(3):
+        viewer = Viewer(server.base)
+        peers(viewer)
+        await viewer.start(stage_id=stage["id"])
+        await viewer.stop()
+        await asyncio.sleep(1.0)
+    await publisher.stop()
+    performance = await performance_of(server, http, stage)
+    assert (performance["peak_viewers"], performance["visits"]) == (1, 3), performance
+    async with http.get(
+        server.base + performance["chart_url"],
+        headers={"Authorization": f"Bearer {stage['key']}"},
+    ) as r:
+        svg = ET.fromstring(await r.text())
+    dots = list(svg.iter("{http://www.w3.org/2000/svg}circle"))
+    labels = [
+        t.text
+        for t in svg.iter("{http://www.w3.org/2000/svg}text")
+        if (t.text or "").startswith("peak")
+    ]
+    assert len(dots) == 3, ET.tostring(svg)
+    assert len(labels) == 1 and re.fullmatch(r"peak 1 at 0:0\d", labels[0]), labels
 
 
 async def test_chart_and_export_are_the_owners_only(server, http, new_stage, peers):

@@ -165,3 +165,23 @@ async def test_a_short_show_is_still_recorded(server, new_stage, http):
     assert (
         decoded["counts"].get("video", 0) > 5 and decoded["counts"].get("audio", 0) > 10
     ), decoded
+
+
+async def test_a_recording_still_being_made_is_a_conflict_not_missing(
+    server, new_stage, http
+):
+    stage = await new_stage()
+    publisher = await Publisher(server.base, stage["id"], stage["key"]).start()
+    live = await wait_recording(http, server, stage, states=("recording",))
+    headers = {"Authorization": f"Bearer {stage['key']}"}
+    # Listed with its URL while live: asking for it then is "not yet", not "no such".
+    async with http.get(server.base + live["recording"]["url"], headers=headers) as r:
+        assert r.status == 409, (r.status, await r.text())
+        assert (await r.json())["error"] == "The performance is still being recorded."
+    await publisher.stop()
+
+    done = await wait_recording(http, server, stage)
+    assert done["recording"]["url"] == live["recording"]["url"]
+    async with http.get(server.base + done["recording"]["url"], headers=headers) as r:
+        assert r.status == 200
+        assert decode(await r.read())["counts"]["video"] > 0

@@ -222,7 +222,7 @@ function performanceRow(performance) {
     cell(formatDuration(performance.average_watch_seconds), 'num'),
     cell(formatDuration(performance.watch_seconds), 'num'),
     cell(formatSize(recording?.bytes), 'num'),
-    cell(recordingCell(recording)),
+    cell(recordingCell(recording), 'recording-cell'),
   );
   return row;
 }

@@ -383,7 +383,7 @@ function listen(id) {
   source.addEventListener('message', (event) => {
     const stage = JSON.parse(event.data);
     watching.textContent = String(stage.viewers ?? 0);
-    showRecording(stage.recording ?? null);
+    showRecording(stage.recording ?? null, stage.last_recording ?? null);
     noticeTakeover(stage);
   });
   source.addEventListener('error', () => {
@@ -415,7 +415,7 @@ function noticeTakeover(stage) {
   }
 }
 
-function showRecording(recording) {
+function showRecording(recording, last) {
   const states = {
     recording: 'Recording',
     finishing: 'Saving the recording…',
@@ -423,8 +423,7 @@ function showRecording(recording) {
     empty: 'Nothing recorded',
   };
   if (!recording) {
-    recordingStatus.textContent = '—';
-    recordingStatus.dataset.state = 'none';
+    showLastRecording(last);
     return;
   }
   recordingStatus.dataset.state = recording.state;
@@ -435,6 +434,35 @@ function showRecording(recording) {
   } else {
     recordingStatus.textContent = states[recording.state] ?? recording.state;
   }
+}
+
+// Off air: what became of the last show's recording, with the way to it.
+function showLastRecording(last) {
+  recordingStatus.replaceChildren();
+  if (!last) {
+    recordingStatus.textContent = '—';
+    recordingStatus.dataset.state = 'none';
+    return;
+  }
+  const saved = ['ready', 'truncated'].includes(last.state);
+  const texts = {
+    recording: 'Saving the last show…',
+    finishing: 'Saving the last show…',
+    empty: 'The last show recorded nothing',
+    failed: 'The last show’s recording failed',
+    deleted: 'The last show’s recording was deleted',
+  };
+  recordingStatus.dataset.state = saved ? 'ready' : last.state;
+  if (!saved) {
+    recordingStatus.textContent = texts[last.state] ?? '—';
+    return;
+  }
+  const link = document.createElement('a');
+  link.id = 'recording-link';
+  link.href = last.dashboard;
+  link.className = 'recording-link';
+  link.textContent = 'Open in dashboard';
+  recordingStatus.append('Last show saved', link);
 }
 
 // Leaving the page mid-show does not end it at once: this may be a reload,
