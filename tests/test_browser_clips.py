@@ -19,6 +19,9 @@ from playwright.async_api import expect
 
 from tests.browser import launch_chromium, new_page, screenshot
 from tests.peers import PatternTrack, Publisher, ToneTrack
+from tests.test_clips import fetch, make_clip, wait_clip
+from tests.test_clips_h264 import between_keyframes, keyframe_times, video_counts
+from tests.test_ffmpeg_whip import download_recording, ffmpeg_publishing
 from tests.test_recorder import wait_recording
 
 SHOTS = Path("/tmp/stage-shots")
@@ -317,3 +320,55 @@ def _megabytes(text: str) -> float:
     assert number, text
     scale = {"kB": 1e-3, "MB": 1.0, "GB": 1e3}[text.split()[-1]]
     return float(number.group()) * scale
+
+
+async def test_a_fan_plays_an_h264_clip_cut_between_keyframes_to_its_end(
+    server, http, new_stage, media, ffmpeg, tmp_path
+):
+    """An H.264 show (ffmpeg's WHIP muxer, as OBS-like publishers send it) clipped
+    between keyframes: Chromium plays the as-recorded clip to its end, every picture
+    decoded."""
+    stage = await new_stage("Baseline")
+    url = f"{server.base}/whip/{stage['id']}"
+    log = tmp_path / "ffmpeg.log"
+    async with ffmpeg_publishing(ffmpeg, media, url, stage["key"], log) as process:
+        await asyncio.wait_for(process.wait(), 40)
+    performance = await wait_recording(http, server, stage)
+    recording = await download_recording(server, http, stage, tmp_path / "show.mkv")
+    start = between_keyframes(keyframe_times(recording), after=START)
+    status, clip = await make_clip(
+        server, http, stage, performance, {"start": start, "end": start + 4}
+    )
+    assert status == 202, clip
+    clip, _ = await wait_clip(server, http, clip["id"])
+    assert clip["state"] == "ready", clip
+    packets, pictures = video_counts(
+        await fetch(server, http, clip["recorded"], tmp_path, "clip.mkv")
+    )
+    assert pictures == packets > 90, (pictures, packets)
+
+    async with launch_chromium(None) as browser:
+        fan = await new_page(browser, viewport={"width": 1100, "height": 900})
+        await fan.goto(f"{server.base}/clips/{clip['id']}")
+        await expect(fan.locator("#clip-player")).to_be_visible(timeout=UI_TIMEOUT_MS)
+        await fan.click("#clip-video")
+        await wait_advancing(fan, "#clip-video")
+        await fan.wait_for_function(
+            "() => { const v = document.getElementById('clip-video');"
+            " return v.ended || v.error; }",
+            timeout=UI_TIMEOUT_MS,
+            polling=100,
+        )
+        played = await fan.evaluate(
+            "() => { const v = document.getElementById('clip-video');"
+            " const q = v.getVideoPlaybackQuality();"
+            " return {error: v.error && v.error.message, ended: v.ended,"
+            " time: v.currentTime, decoded: q.totalVideoFrames,"
+            " size: [v.videoWidth, v.videoHeight]}; }"
+        )
+        print(f"Chromium played the H.264 clip: {played}, {packets} packets")
+        assert played["error"] is None and played["ended"], played
+        assert played["size"] == [media.width, media.height], played
+        assert played["time"] > 3.5, played
+        # Chromium counts every picture it decoded (a few may not be shown).
+        assert played["decoded"] >= packets * 0.9, (played, packets)

@@ -8,8 +8,8 @@ Two outputs per clip:
   early. Cutting there would start the clip at the wrong moment; cutting at the start
   without a keyframe would start it on a broken picture. So the frames from the start up
   to the next keyframe are decoded (from the keyframe before) and encoded again, and from
-  that keyframe on the packets are copied as they are. Audio is Opus in 20 ms packets
-  that stand alone, so it is always copied.
+  that keyframe on the packets are copied as they are (H.264: see `_Head`). Audio is
+  Opus in 20 ms packets that stand alone, so it is always copied.
 * MP4 (H.264 + AAC) for social networks: everything decoded and encoded again.
 
 Both start their timestamps at the requested moment, so audio stays where it was
@@ -33,6 +33,9 @@ MILLISECONDS = fractions.Fraction(1, 1000)
 SAMPLE_TIME = fractions.Fraction(1, 48000)
 # Re-encoded heads should not look worse than the copied rest.
 HEAD_BIT_RATE = 2_500_000
+# How far the MP4's sound may drift from its recorded time before silence is put in
+# (or a frame left out): two Opus frames.
+AUDIO_SLACK = 0.04
 POSTER_SIZE = (640, 360)  # for a recording without a picture
 
 Progress = Callable[[float], None]
@@ -120,7 +123,13 @@ def cut_as_recorded(
         out_audio = output.add_stream_from_template(audio) if audio else None
         if out_audio is not None:
             out_audio.time_base = MILLISECONDS
-        head = _Head(output, video) if video else None
+        out_video = output.add_stream_from_template(video) if video else None
+        if out_video is not None:
+            out_video.time_base = MILLISECONDS
+        h264 = video is not None and video.codec_context.name == "h264"
+        muxer = _Muxer(output, out_video, h264)
+        head = _Head(muxer, video, out_video) if video else None
+        annex_b = _annex_b_filter(video) if h264 else None
         copying = False  # video: past the first keyframe at or after start
         _seek_before(container, video, start)
 
@@ -130,10 +139,8 @@ def cut_as_recorded(
             t = _seconds(packet)
             if packet.stream is audio:
                 if start <= t < end:
-                    packet.stream = out_audio
-                    packet.pts = packet.dts = _ms(t - start)
-                    packet.time_base = MILLISECONDS
-                    output.mux(packet)
+                    _restamp(packet, out_audio, t - start)
+                    muxer.mux(packet)
                     frames["audio"] += 1
                     last_end = max(last_end, t - start + 0.02)
                 reporter.at(t)
@@ -142,46 +149,150 @@ def cut_as_recorded(
                 continue
             if not copying and packet.is_keyframe and t >= start:
                 copying = True
-                frames["video"] += head.finish()
+                head.finish()
             if copying:
-                packet.stream = head.stream
-                packet.pts = packet.dts = _ms(t - start)
-                packet.time_base = MILLISECONDS
-                output.mux(packet)
-                frames["video"] += 1
+                for copied in annex_b.filter(packet) if annex_b else [packet]:
+                    _restamp(copied, out_video, t - start)
+                    muxer.mux(copied)
+                    frames["video"] += 1
             else:
                 frames["video"] += head.feed(packet, start)
             last_end = max(last_end, t - start)
             reporter.at(t)
         if head is not None and not copying:
-            frames["video"] += head.finish()
+            head.finish()
+        muxer.close()
     if progress:
         progress(1.0)
     return Made(target, last_end, frames)
 
 
-class _Head:
-    """Decodes from the keyframe before the cut and encodes the frames from the cut on."""
+def _restamp(packet, stream, seconds: float) -> None:
+    packet.stream = stream
+    packet.pts = packet.dts = _ms(seconds)
+    packet.time_base = MILLISECONDS
 
-    def __init__(self, output, video) -> None:
-        self.video = video
+
+class _Muxer:
+    """Muxes the clip's packets; for H.264 the header waits for the first picture.
+
+    Matroska keeps an H.264 track's parameter sets (SPS and PPS) in its header as
+    CodecPrivate, and players configure their decoder from it. They are those of the
+    first picture written, so packets are held until that picture is known. Given
+    them in Annex B form, FFmpeg's Matroska muxer writes CodecPrivate as avcC and
+    turns every packet from start codes into length prefixes, as the format wants.
+    """
+
+    def __init__(self, output, video, h264: bool) -> None:
+        self.output, self.video = output, video
+        self.held: list | None = [] if h264 else None
+
+    def mux(self, packet) -> None:
+        if self.held is not None:
+            if packet.stream.index != self.video.index:
+                self.held.append(packet)
+                return
+            sets = _parameter_sets_in(bytes(packet))
+            self.video.codec_context.extradata = b"".join(
+                _START_CODE + nal for nal in sets
+            )
+            held, self.held = self.held, None
+            self.output.mux(packet)
+            for earlier in held:
+                self.output.mux(earlier)
+            return
+        self.output.mux(packet)
+
+    def close(self) -> None:
+        # A clip without a single picture: write the sound anyway.
+        held, self.held = self.held or [], None
+        for packet in held:
+            self.output.mux(packet)
+
+
+# H.264 in Annex B form, with its parameter sets in band
+
+_START_CODE = b"\x00\x00\x00\x01"
+SPS, PPS = 7, 8
+
+
+def _nal_units(data: bytes) -> list[bytes]:
+    """The NAL units of an Annex B access unit, without their start codes."""
+    units, position = [], data.find(b"\x00\x00\x01")
+    while position != -1:
+        begin = position + 3
+        position = data.find(b"\x00\x00\x01", begin)
+        unit = data[begin:] if position == -1 else data[begin:position]
+        # A four-byte start code leaves its leading zero on the unit before.
+        units.append(unit.rstrip(b"\x00") if position != -1 else unit)
+    return [u for u in units if u]
+
+
+def _parameter_sets_in(data: bytes) -> list[bytes]:
+    return [u for u in _nal_units(data) if u[0] & 0x1F in (SPS, PPS)]
+
+
+def _annex_b_filter(video):
+    """A filter from the recording's H.264 packets to Annex B, or None if they are.
+
+    FFmpeg's Matroska muxer stores what Stage records as avcC (CodecPrivate) and
+    length-prefixed packets. Copied as they are beside a re-encoded head, those
+    packets would be read with the head's parameter sets; the filter turns them into
+    Annex B and puts the recording's SPS and PPS in band before every IDR picture
+    that lacks them, so the copied run carries its own. A recording without avcC
+    holds the packets as they came from the publisher, in Annex B already.
+    """
+    extradata = bytes(video.codec_context.extradata or b"")
+    if not extradata or extradata.startswith((b"\x00\x00\x01", _START_CODE)):
+        return None
+    return av.BitStreamFilterContext("h264_mp4toannexb", video)
+
+
+# libx264's names for the profiles FFmpeg's decoder reports
+_X264_PROFILES = {
+    "Baseline": "baseline",
+    "Constrained Baseline": "baseline",
+    "Main": "main",
+    "High": "high",
+}
+
+
+class _Head:
+    """Decodes from the keyframe before the cut and encodes the frames from the cut on.
+
+    The encoded head and the copied rest are two coded video sequences in one track.
+    For H.264 the head is encoded in the recording's profile (so the track's profile
+    holds for all of it) with its parameter sets in band, before its first picture,
+    as the copied keyframe has them before its own: each part is decoded with its own
+    parameter sets whatever the container header says.
+    """
+
+    def __init__(self, muxer: _Muxer, video, stream) -> None:
+        self.muxer, self.stream = muxer, stream
         self.decoder = video.codec_context
-        codec = {"vp8": "libvpx", "h264": "libx264"}.get(video.codec_context.name)
-        if codec is None:
-            raise ValueError(f"cannot cut {video.codec_context.name} video")
-        self.stream = output.add_stream(codec, rate=30)
-        self.stream.width = video.codec_context.width
-        self.stream.height = video.codec_context.height
-        self.stream.pix_fmt = "yuv420p"
-        self.stream.time_base = MILLISECONDS
-        self.stream.codec_context.time_base = MILLISECONDS
-        self.stream.bit_rate = HEAD_BIT_RATE
-        if codec == "libvpx":
-            self.stream.options = {"deadline": "good", "cpu-used": "4"}
+        self.codec = {"vp8": "libvpx", "h264": "libx264"}.get(self.decoder.name)
+        if self.codec is None:
+            raise ValueError(f"cannot cut {self.decoder.name} video")
+        self.size = (self.decoder.width, self.decoder.height)
+        self.encoder = None
+
+    def _open(self):
+        encoder = av.CodecContext.create(self.codec, "w")
+        encoder.width, encoder.height = self.size
+        encoder.pix_fmt = "yuv420p"
+        encoder.time_base = MILLISECONDS
+        encoder.framerate = 30
+        encoder.bit_rate = HEAD_BIT_RATE
+        if self.codec == "libvpx":
+            encoder.options = {"deadline": "good", "cpu-used": "4"}
         else:
-            self.stream.options = {"preset": "veryfast", "tune": "zerolatency"}
-        self.output = output
-        self.fed = False
+            # No global header: libx264 then writes SPS and PPS in band.
+            encoder.options = {
+                "preset": "veryfast",
+                "tune": "zerolatency",
+                "profile": _X264_PROFILES.get(self.decoder.profile, "high"),
+            }
+        return encoder
 
     def feed(self, packet, start: float) -> int:
         written = 0
@@ -189,24 +300,28 @@ class _Head:
             t = _seconds(frame)
             if t < start:
                 continue
-            if (frame.width, frame.height) != (self.stream.width, self.stream.height):
-                frame = frame.reformat(self.stream.width, self.stream.height)
+            if self.encoder is None:
+                self.encoder = self._open()
+            if (frame.width, frame.height) != self.size:
+                frame = frame.reformat(*self.size)
             frame = frame.reformat(format="yuv420p")
             frame.pts = _ms(t - start)
             frame.time_base = MILLISECONDS
-            for out in self.stream.encode(frame):
-                self.output.mux(out)
-            self.fed = True
+            self._write(self.encoder.encode(frame))
             written += 1
         return written
 
-    def finish(self) -> int:
-        if not self.fed:
-            return 0
-        self.fed = False
-        for out in self.stream.encode(None):
-            self.output.mux(out)
-        return 0
+    def finish(self) -> None:
+        if self.encoder is not None:
+            self._write(self.encoder.encode(None))
+            self.encoder = None
+
+    def _write(self, packets) -> None:
+        for packet in packets:
+            packet.stream = self.stream
+            packet.time_base = MILLISECONDS
+            packet.dts = packet.pts
+            self.muxer.mux(packet)
 
 
 # MP4 for social networks
@@ -229,15 +344,9 @@ def export_mp4(
         ) as output,
     ):
         video, audio = _streams(container)
-        out_video = out_audio = None
-        resampler = None
-        samples = None
+        out_video = sound = None
         if audio:
-            out_audio = output.add_stream("aac", rate=48000, layout="stereo")
-            out_audio.bit_rate = 160_000
-            resampler = av.AudioResampler(
-                format="fltp", layout="stereo", rate=48000, frame_size=1024
-            )
+            sound = _Sound(output)
         if video:
             out_video = output.add_stream("libx264", rate=30)
             # H.264 in 4:2:0 wants even dimensions.
@@ -270,33 +379,87 @@ def export_mp4(
                 length = frame.samples / frame.sample_rate
                 if t + length <= start or t >= end:
                     continue
-                if samples is None:
-                    # Audio is counted in samples from the first one kept.
-                    samples = round(max(t - start, 0.0) * 48000)
-                frame.pts = None
-                for out in resampler.resample(frame):
-                    out.pts, out.time_base = samples, SAMPLE_TIME
-                    samples += out.samples
-                    for packet in out_audio.encode(out):
-                        output.mux(packet)
-                frames["audio"] += 1
+                if sound.add(frame, t - start):
+                    frames["audio"] += 1
                 last_end = max(last_end, t + length - start)
             reporter.at(t)
 
-        if resampler is not None:
-            for out in resampler.resample(None):
-                out.pts, out.time_base = samples, SAMPLE_TIME
-                samples += out.samples
-                for packet in out_audio.encode(out):
-                    output.mux(packet)
-            for packet in out_audio.encode(None):
-                output.mux(packet)
+        if sound is not None:
+            sound.close()
         if out_video is not None:
             for packet in out_video.encode(None):
                 output.mux(packet)
     if progress:
         progress(1.0)
     return Made(target, last_end, frames)
+
+
+class _Sound:
+    """The MP4's AAC track, on the recording's clock.
+
+    The resampler cuts the sound into AAC's 1024-sample frames and only counts
+    samples: a hole in the recording (a publisher that paused) would close up, and all
+    the sound after it would play early by the hole's length. So each decoded frame's
+    own time is compared with the samples given so far: a hole is filled with
+    silence, and a frame that comes too early (a sender clock running slow) is left
+    out, which keeps the sound within AUDIO_SLACK of the picture everywhere.
+    """
+
+    def __init__(self, output) -> None:
+        self.output = output
+        self.stream = output.add_stream("aac", rate=48000, layout="stereo")
+        self.stream.bit_rate = 160_000
+        self.resampler = av.AudioResampler(
+            format="fltp", layout="stereo", rate=48000, frame_size=1024
+        )
+        self.given: int | None = None  # samples given, at 48 kHz from the clip start
+        self.written = 0  # samples encoded: the next AAC frame's pts
+
+    def add(self, frame: av.AudioFrame, at: float) -> bool:
+        """Add a decoded frame that belongs `at` seconds into the clip."""
+        wanted = round(at * 48000)
+        if self.given is None:
+            # A frame that began before the start is kept whole, from 0.
+            self.given = self.written = max(wanted, 0)
+        late = wanted - self.given
+        if late > AUDIO_SLACK * 48000:
+            self._silence(late, frame)
+        elif -late > AUDIO_SLACK * 48000:
+            return False
+        frame.pts = None
+        self._resample(frame)
+        return True
+
+    def _silence(self, samples: int, like: av.AudioFrame) -> None:
+        rate = like.sample_rate
+        left = round(samples * rate / 48000)
+        while left > 0:
+            # A second at a time: a long pause must not become one huge frame.
+            part = min(left, rate)
+            silent = av.AudioFrame(
+                format=like.format.name, layout=like.layout.name, samples=part
+            )
+            silent.sample_rate = rate
+            for plane in silent.planes:
+                plane.update(bytes(plane.buffer_size))
+            self._resample(silent)
+            left -= part
+
+    def _resample(self, frame) -> None:
+        self.given += round(frame.samples * 48000 / frame.sample_rate)
+        self._encode(self.resampler.resample(frame))
+
+    def _encode(self, frames) -> None:
+        for out in frames:
+            out.pts, out.time_base = self.written, SAMPLE_TIME
+            self.written += out.samples
+            for packet in self.stream.encode(out):
+                self.output.mux(packet)
+
+    def close(self) -> None:
+        self._encode(self.resampler.resample(None))
+        for packet in self.stream.encode(None):
+            self.output.mux(packet)
 
 
 # posters
@@ -309,7 +472,7 @@ def poster(source: Path, target: Path, at: float) -> Path:
         video, _ = _streams(container)
         if video is not None:
             _seek_before(container, video, at)
-            for frame in container.decode(video):
+            for frame in _pictures(container, video):
                 picture = frame
                 if frame.pts is not None and _seconds(frame) >= at:
                     break
@@ -328,3 +491,14 @@ def poster(source: Path, target: Path, at: float) -> Path:
     partial.write_bytes(data)
     partial.replace(target)
     return target
+
+
+def _pictures(container, video):
+    """Decoded pictures, past any packet the decoder refuses (a poster needs one)."""
+    for packet in container.demux(video):
+        try:
+            yield from packet.decode()
+        except av.InvalidDataError:
+            logger.debug(
+                "%s: a packet at %s does not decode", container.name, packet.pts
+            )
