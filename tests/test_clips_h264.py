@@ -24,7 +24,7 @@ from tests.show import (
     check_file,
     lip_sync,
 )
-from tests.test_clips import fetch, make_clip, wait_clip
+from tests.test_clips import fetch, ready_clip
 from tests.test_ffmpeg_whip import download_recording, ffmpeg_publishing
 from tests.test_recorder import wait_recording
 
@@ -61,12 +61,7 @@ def video_counts(path: Path) -> tuple[int, int]:
 async def clip_and_check(server, http, stage, performance, recording, tmp_path):
     start = between_keyframes(keyframe_times(recording), after=1.0)
     end = start + CLIP_SECONDS
-    status, clip = await make_clip(
-        server, http, stage, performance, {"start": start, "end": end}
-    )
-    assert status == 202, clip
-    clip, _ = await wait_clip(server, http, clip["id"])
-    assert clip["state"] == "ready", clip
+    clip = await ready_clip(server, http, stage, performance, start, end)
 
     for kind in ("recorded", "mp4"):
         path = await fetch(server, http, clip[kind], tmp_path, f"clip-{kind}")
@@ -146,12 +141,7 @@ async def test_a_clip_across_a_pause_keeps_the_sound_with_the_picture(
     assert source_sync, (source.flashes, source.beeps)
 
     start, end = 1.0, performance["duration"] - 1.0
-    status, clip = await make_clip(
-        server, http, stage, performance, {"start": start, "end": end}
-    )
-    assert status == 202, clip
-    clip, _ = await wait_clip(server, http, clip["id"])
-    assert clip["state"] == "ready", clip
+    clip = await ready_clip(server, http, stage, performance, start, end)
 
     for kind in ("recorded", "mp4"):
         path = await fetch(server, http, clip[kind], tmp_path, f"clip-{kind}")
