@@ -96,6 +96,14 @@ async def watches_csv(server, http, stage, performance) -> list[dict]:
         return list(csv.DictReader(io.StringIO(await r.text())))
 
 
+async def chart_of(server, http, stage, performance) -> ET.Element:
+    """A performance's viewer chart, parsed (the owner's key)."""
+    headers = {"Authorization": f"Bearer {stage['key']}"}
+    async with http.get(server.base + performance["chart_url"], headers=headers) as r:
+        assert r.status == 200 and r.content_type == "image/svg+xml"
+        return ET.fromstring(await r.text())
+
+
 async def wait_for(check, timeout, what):
     deadline = time.monotonic() + timeout
     while True:
@@ -466,11 +474,7 @@ async def test_viewers_whose_connection_never_came_up_make_no_peak(
     ended = await performance_of(server, http, stage)
     assert ended["visits"] == unconnected + 1, ended
     assert (ended["peak_viewers"], ended["watching"]) == (1, 0), ended
-    async with http.get(
-        server.base + ended["chart_url"],
-        headers={"Authorization": f"Bearer {stage['key']}"},
-    ) as r:
-        svg = ET.fromstring(await r.text())
+    svg = await chart_of(server, http, stage, ended)
     texts = [t.text for t in svg.iter("{http://www.w3.org/2000/svg}text")]
     assert (
         [t for t in texts if t and t.startswith("peak")]
@@ -496,11 +500,7 @@ async def test_the_chart_labels_only_the_first_rise_to_the_peak(
     await publisher.stop()
     performance = await performance_of(server, http, stage)
     assert (performance["peak_viewers"], performance["visits"]) == (1, 3), performance
-    async with http.get(
-        server.base + performance["chart_url"],
-        headers={"Authorization": f"Bearer {stage['key']}"},
-    ) as r:
-        svg = ET.fromstring(await r.text())
+    svg = await chart_of(server, http, stage, performance)
     dots = list(svg.iter("{http://www.w3.org/2000/svg}circle"))
     labels = [
         t.text
@@ -534,12 +534,7 @@ async def test_chart_and_export_are_the_owners_only(server, http, new_stage, pee
             assert r.status == 404, (unknown, r.status)
             assert "error" in await r.json()
 
-    async with http.get(
-        server.base + performance["chart_url"],
-        headers={"Authorization": f"Bearer {stage['key']}"},
-    ) as r:
-        assert r.status == 200 and r.content_type == "image/svg+xml"
-        svg = ET.fromstring(await r.text())
+    svg = await chart_of(server, http, stage, performance)
     texts = [t.text for t in svg.iter("{http://www.w3.org/2000/svg}text")]
     assert any(re.fullmatch(r"peak 1 at 0:0\d", t or "") for t in texts), texts
     assert svg.find("{http://www.w3.org/2000/svg}path") is not None
