@@ -96,8 +96,6 @@ class VideoFrameBuffer(JitterBuffer):
 class AudioFrameBuffer:
     """Releases audio packets in sequence order, without holding any back to prefetch."""
 
-    capacity = 16  # read by nobody but kept for aiortc's receiver interface
-
     def __init__(self) -> None:
         self._next: int | None = None  # sequence number of the next packet to release
         self._waiting: dict[int, object] = {}  # packets that arrived ahead of a hole
