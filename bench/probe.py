@@ -1,0 +1,274 @@
+"""Stage with a probe inside: what the server itself adds, apart from the bench's processes.
+
+    python -m bench.probe [the flags of python -m stage]
+
+Runs Stage exactly as `python -m stage` does, after wrapping a few of its functions and
+aiortc's/aioice's from outside (nothing of this is in the product):
+
+- aioice's `Connection.data_received` and `recv`: the moment each datagram was read
+  from a publisher's or viewer's socket (by the object's identity, until aiortc's DTLS
+  transport takes it from the connection's queue);
+- `StageHub._on_frame`: the frame being fanned out, and the arrival of the datagram
+  that completed it (the last packet of a video frame, the audio packet);
+- `Outlet.send`: when each viewer's send of a frame returned, i.e. just after its last
+  packet went to the socket. Arrival -> that moment is the server-added latency of the
+  frame for that viewer, in µs. Sends outside a live fan-out (a newcomer's replayed run,
+  frames held until the connection was up) are counted apart.
+- `asyncio.Handle._run`: every callback of the event loop, timed in wall and thread CPU
+  time; one longer than STALL_NS is a stall (noted with the coroutine it ran). Wall much
+  above CPU means the thread was off the core (another process, or another thread
+  holding the GIL).
+- `gc.callbacks`: the cyclic collector's pauses, by generation.
+
+The bench drives it with signals: SIGUSR1 starts a window (clears what was noted),
+SIGUSR2 ends it and writes a summary as JSON to the file named by STAGE_PROBE_FILE
+(written whole, then renamed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import gc
+import json
+import os
+import signal
+import sys
+import time
+
+import numpy
+from aioice.ice import Connection
+
+from stage.__main__ import main as stage_main
+from stage.relay.hub import StageHub
+from stage.relay.outlet import Outlet
+
+STALL_NS = 5_000_000
+FILE_VARIABLE = "STAGE_PROBE_FILE"
+# Datagrams noted but never taken (a connection closed with packets queued) are
+# forgotten past this many.
+ARRIVALS_LIMIT = 100_000
+
+clock = time.perf_counter_ns
+cpu_clock = time.thread_time_ns
+
+
+class Probe:
+    def __init__(self) -> None:
+        self.recording = False
+        self.arrivals: dict[int, int] = {}
+        self.taken_arrival: int | None = None  # of the datagram DTLS took last
+        self.fanning: tuple | None = None  # (frame, arrival) during a fan-out
+        self.gc_started = 0
+        self.clear()
+
+    def clear(self) -> None:
+        self.started = clock()
+        # (kind, keyframe) -> latencies in µs, one per viewer and frame
+        self.latency: dict[tuple[str, bool], list[int]] = collections.defaultdict(list)
+        self.waits: dict[str, list[int]] = collections.defaultdict(list)
+        self.fanouts: dict[tuple[str, bool], list[tuple[int, int]]] = (
+            collections.defaultdict(list)
+        )
+        self.sent: collections.Counter = collections.Counter()
+        self.other_sends: collections.Counter = collections.Counter()
+        self.video_arrivals: list[int] = []
+        self.stalls: list[tuple[int, int, str]] = []
+        self.callbacks = 0
+        self.gc: list[tuple[int, int]] = []
+
+    # the datagram path
+
+    def note_datagram(self, data) -> None:
+        arrivals = self.arrivals
+        if len(arrivals) > ARRIVALS_LIMIT:
+            arrivals.clear()
+        arrivals[id(data)] = clock()
+
+    def take_datagram(self, data) -> None:
+        self.taken_arrival = self.arrivals.pop(id(data), None)
+
+    # the fan-out
+
+    def fan_out(self, hub, frame, original) -> None:
+        arrival = self.taken_arrival
+        if arrival is None or not self.recording:
+            original(hub, frame)
+            return
+        start = clock()
+        self.fanning = (frame, arrival)
+        try:
+            original(hub, frame)
+        finally:
+            self.fanning = None
+        end = clock()
+        key = (frame.kind, bool(frame.keyframe) and frame.kind == "video")
+        self.waits[frame.kind].append((start - arrival) // 1000)
+        packets = len(frame.payloads) if frame.payloads else 0
+        self.fanouts[key].append(((end - start) // 1000, packets))
+        if frame.kind == "video":
+            self.video_arrivals.append(arrival)
+
+    def sent_frame(self, outlet, frame) -> None:
+        now = clock()
+        fanning = self.fanning
+        if fanning is not None and fanning[0] is frame:
+            key = (frame.kind, bool(frame.keyframe) and frame.kind == "video")
+            self.latency[key].append((now - fanning[1]) // 1000)
+        else:
+            self.other_sends[frame.kind] += 1
+        self.sent[(id(outlet), frame.kind)] += 1
+
+    # the event loop and the collector
+
+    def callback_ran(self, handle, wall: int, cpu: int) -> None:
+        self.callbacks += 1
+        if wall > STALL_NS:
+            self.stalls.append((wall // 1000, cpu // 1000, describe(handle)))
+
+    def collector(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self.gc_started = clock()
+        elif self.recording and self.gc_started:
+            self.gc.append((info["generation"], (clock() - self.gc_started) // 1000))
+
+    # the window
+
+    def summary(self) -> dict:
+        seconds = (clock() - self.started) / 1e9
+        video = self.latency[("video", False)] + self.latency[("video", True)]
+        audio = self.latency[("audio", False)]
+        per_outlet = [
+            count / seconds for (_, kind), count in self.sent.items() if kind == "video"
+        ]
+        stall_total = sum(s[0] for s in self.stalls)
+        by_place: collections.Counter = collections.Counter()
+        for wall, _, place in self.stalls:
+            by_place[place] += wall
+        gaps = numpy.diff(numpy.asarray(sorted(self.video_arrivals))) // 1000
+        return {
+            "seconds": seconds,
+            "video_us": spread(video),
+            "video_keyframe_us": spread(self.latency[("video", True)]),
+            "video_delta_us": spread(self.latency[("video", False)]),
+            "audio_us": spread(audio),
+            "wait_before_fan_out_us": {k: spread(v) for k, v in self.waits.items()},
+            "fan_out_us": {
+                f"{kind}{' keyframe' if key else ''}": {
+                    **spread([d for d, _ in runs]),
+                    "packets_median": float(numpy.median([p for _, p in runs]))
+                    if runs
+                    else None,
+                }
+                for (kind, key), runs in self.fanouts.items()
+            },
+            "sends_outside_fan_out": dict(self.other_sends),
+            "video_frames_in_per_second": len(self.video_arrivals) / seconds,
+            "video_arrivals_within_5ms": int(numpy.sum(gaps < 5000)) if len(gaps) else 0,
+            "video_sends_per_viewer_per_second": spread(per_outlet, scale=1),
+            "callbacks": self.callbacks,
+            "stalls_over_5ms": len(self.stalls),
+            "stall_total_ms": stall_total / 1000,
+            "stall_max_ms": max((s[0] for s in self.stalls), default=0) / 1000,
+            "stall_off_cpu_ms": sum(s[0] - s[1] for s in self.stalls) / 1000,
+            "stalls_by_place_ms": {p: t / 1000 for p, t in by_place.most_common(8)},
+            "gc": {
+                str(g): {
+                    "count": sum(1 for gen, _ in self.gc if gen == g),
+                    "total_ms": sum(d for gen, d in self.gc if gen == g) / 1000,
+                    "max_ms": max((d for gen, d in self.gc if gen == g), default=0)
+                    / 1000,
+                }
+                for g in (0, 1, 2)
+            },
+        }
+
+
+def spread(values: list, scale: int = 1) -> dict:
+    if not values:
+        return {"n": 0, "p50": None, "p99": None, "max": None}
+    p50, p99 = numpy.percentile(numpy.asarray(values), [50, 99])
+    return {
+        "n": len(values),
+        "p50": float(p50) / scale,
+        "p99": float(p99) / scale,
+        "max": float(max(values)) / scale,
+    }
+
+
+def describe(handle) -> str:
+    callback = getattr(handle, "_callback", None)
+    owner = getattr(callback, "__self__", None)
+    if isinstance(owner, asyncio.Task):
+        coro = owner.get_coro()
+        return getattr(coro, "__qualname__", repr(coro))
+    return getattr(callback, "__qualname__", repr(callback))
+
+
+def install(probe: Probe) -> None:
+    data_received = Connection.data_received
+
+    def noting_data_received(self, data, component):
+        probe.note_datagram(data)
+        data_received(self, data, component)
+
+    Connection.data_received = noting_data_received
+
+    # aiortc's ICE transport binds the connection's recv when it is made.
+    recv = Connection.recv
+
+    async def taking_recv(self):
+        data = await recv(self)
+        probe.take_datagram(data)
+        return data
+
+    Connection.recv = taking_recv
+
+    on_frame = StageHub._on_frame
+
+    def probed_on_frame(self, frame):
+        probe.fan_out(self, frame, on_frame)
+
+    StageHub._on_frame = probed_on_frame
+
+    send = Outlet.send
+
+    def probed_send(self, frame, timestamp):
+        sent = send(self, frame, timestamp)
+        if sent and probe.recording:
+            probe.sent_frame(self, frame)
+        return sent
+
+    Outlet.send = probed_send
+
+    run = asyncio.events.Handle._run
+
+    def timed_run(self):
+        wall, cpu = clock(), cpu_clock()
+        try:
+            run(self)
+        finally:
+            if probe.recording:
+                probe.callback_ran(self, clock() - wall, cpu_clock() - cpu)
+
+    asyncio.events.Handle._run = timed_run
+    gc.callbacks.append(probe.collector)
+
+    def start(signum, frame) -> None:
+        probe.clear()
+        probe.recording = True
+
+    def stop(signum, frame) -> None:
+        probe.recording = False
+        path = os.environ[FILE_VARIABLE]
+        with open(path + ".part", "w") as out:
+            json.dump(probe.summary(), out)
+        os.replace(path + ".part", path)
+
+    signal.signal(signal.SIGUSR1, start)
+    signal.signal(signal.SIGUSR2, stop)
+
+
+if __name__ == "__main__":
+    install(Probe())
+    stage_main(sys.argv[1:])
