@@ -8,17 +8,23 @@ aiortc's/aioice's from outside (nothing of this is in the product):
 - aioice's `Connection.data_received` and `recv`: the moment each datagram was read
   from a publisher's or viewer's socket (by the object's identity, until aiortc's DTLS
   transport takes it from the connection's queue);
-- `StageHub._on_frame`: the frame being fanned out, and the arrival of the datagram
-  that completed it (the last packet of a video frame, the audio packet);
+- `StageHub._on_frame` (and `_fan_out_later`, where the hub hands a video frame on in
+  slices): the frames being fanned out, and the arrival of the datagram that completed
+  each (the last packet of a video frame, the audio packet);
 - `Outlet.send`: when each viewer's send of a frame returned, i.e. just after its last
   packet went to the socket. Arrival -> that moment is the server-added latency of the
-  frame for that viewer, in µs. Sends outside a live fan-out (a newcomer's replayed run,
-  frames held until the connection was up) are counted apart.
+  frame for that viewer, in µs. Sends outside the hub's fan-out (a newcomer's replayed
+  run, frames held until the connection was up) are counted apart. A frame's fan-out
+  lasts from its arrival at the hub to its last send, in wall and thread CPU time.
 - `asyncio.Handle._run`: every callback of the event loop, timed in wall and thread CPU
   time; one longer than STALL_NS is a stall (noted with the coroutine it ran). Wall much
   above CPU means the thread was off the core (another process, or another thread
   holding the GIL).
-- `gc.callbacks`: the cyclic collector's pauses, by generation.
+- `gc.callbacks`: the cyclic collector's pauses, by generation;
+- `stage.allocator`'s malloc_trim: how long each trim took (it holds glibc's heap
+  locks, so the event loop's mallocs wait for it).
+
+Stalls are matched with the collector's pauses and the trims that fell inside them.
 
 The bench drives it with signals: SIGUSR1 starts a window (clears what was noted),
 SIGUSR2 ends it and writes a summary as JSON to the file named by STAGE_PROBE_FILE
@@ -39,6 +45,7 @@ import time
 import numpy
 from aioice.ice import Connection
 
+from stage import allocator
 from stage.__main__ import main as stage_main
 from stage.relay.hub import StageHub
 from stage.relay.outlet import Outlet
@@ -58,7 +65,10 @@ class Probe:
         self.recording = False
         self.arrivals: dict[int, int] = {}
         self.taken_arrival: int | None = None  # of the datagram DTLS took last
-        self.fanning: tuple | None = None  # (frame, arrival) during a fan-out
+        self.in_fan_out = False  # the hub is handing frames on
+        self.fanned: str | None = None  # what the running callback fanned out
+        # id(frame) -> [frame, key, arrival, start, cpu at start, last send, cpu then]
+        self.frames: dict[int, list] = {}
         self.gc_started = 0
         self.clear()
 
@@ -67,15 +77,17 @@ class Probe:
         # (kind, keyframe) -> latencies in µs, one per viewer and frame
         self.latency: dict[tuple[str, bool], list[int]] = collections.defaultdict(list)
         self.waits: dict[str, list[int]] = collections.defaultdict(list)
-        self.fanouts: dict[tuple[str, bool], list[tuple[int, int]]] = (
+        self.frames = {}
+        self.fanouts: dict[tuple[str, bool], list[tuple[int, int, int]]] = (
             collections.defaultdict(list)
         )
         self.sent: collections.Counter = collections.Counter()
         self.other_sends: collections.Counter = collections.Counter()
         self.video_arrivals: list[int] = []
-        self.stalls: list[tuple[int, int, str]] = []
+        self.stalls: list[tuple[int, int, int, str]] = []  # start, wall, cpu, place
         self.callbacks = 0
-        self.gc: list[tuple[int, int]] = []
+        self.gc: list[tuple[int, int, int]] = []  # start, generation, µs
+        self.trims: list[tuple[int, int]] = []  # start, µs
 
     # the datagram path
 
@@ -96,55 +108,95 @@ class Probe:
             original(hub, frame)
             return
         start = clock()
-        self.fanning = (frame, arrival)
-        try:
-            original(hub, frame)
-        finally:
-            self.fanning = None
-        end = clock()
         key = (frame.kind, bool(frame.keyframe) and frame.kind == "video")
+        self.fanned = f"{frame.kind}{' keyframe' if key[1] else ''}"
         self.waits[frame.kind].append((start - arrival) // 1000)
-        packets = len(frame.payloads) if frame.payloads else 0
-        self.fanouts[key].append(((end - start) // 1000, packets))
         if frame.kind == "video":
             self.video_arrivals.append(arrival)
+        cpu = cpu_clock()
+        self.frames[id(frame)] = [frame, key, arrival, start, cpu, start, cpu]
+        self.fanning(original, hub, frame)
+
+    def fanning(self, original, *args) -> None:
+        self.in_fan_out = True
+        try:
+            original(*args)
+        finally:
+            self.in_fan_out = False
+        if len(self.frames) > 200:
+            self._finish_frames(clock() - 2_000_000_000)
+
+    def _finish_frames(self, before: int) -> None:
+        """Count the fan-outs of frames that arrived before `before` as done."""
+        for ident, (frame, key, arrival, start, cpu0, last, cpu1) in list(
+            self.frames.items()
+        ):
+            if arrival < before:
+                del self.frames[ident]
+                packets = len(frame.payloads) if frame.payloads else 0
+                self.fanouts[key].append(
+                    ((last - start) // 1000, (cpu1 - cpu0) // 1000, packets)
+                )
 
     def sent_frame(self, outlet, frame) -> None:
         now = clock()
-        fanning = self.fanning
-        if fanning is not None and fanning[0] is frame:
-            key = (frame.kind, bool(frame.keyframe) and frame.kind == "video")
-            self.latency[key].append((now - fanning[1]) // 1000)
+        noted = self.frames.get(id(frame)) if self.in_fan_out else None
+        if noted is not None and noted[0] is frame:
+            self.latency[noted[1]].append((now - noted[2]) // 1000)
+            noted[5], noted[6] = now, cpu_clock()
         else:
             self.other_sends[frame.kind] += 1
         self.sent[(id(outlet), frame.kind)] += 1
 
     # the event loop and the collector
 
-    def callback_ran(self, handle, wall: int, cpu: int) -> None:
+    def callback_ran(self, handle, start: int, wall: int, cpu: int) -> None:
         self.callbacks += 1
         if wall > STALL_NS:
-            self.stalls.append((wall // 1000, cpu // 1000, describe(handle)))
+            place = describe(handle)
+            if self.fanned:
+                place += f" (fan-out of {self.fanned})"
+            self.stalls.append((start, wall // 1000, cpu // 1000, place))
 
     def collector(self, phase: str, info: dict) -> None:
         if phase == "start":
             self.gc_started = clock()
         elif self.recording and self.gc_started:
-            self.gc.append((info["generation"], (clock() - self.gc_started) // 1000))
+            started = self.gc_started
+            self.gc.append((started, info["generation"], (clock() - started) // 1000))
+
+    def trimmed(self, start: int, end: int) -> None:
+        if self.recording:
+            self.trims.append((start, (end - start) // 1000))
+
+    def _inside_stalls(self, events: list[tuple]) -> tuple[int, float]:
+        """How many of `events` (start, ..., µs) overlap a stall, and their µs."""
+        count, total = 0, 0
+        for start, *_, us in events:
+            end = start + us * 1000
+            for s_start, wall, _, _ in self.stalls:
+                if start < s_start + wall * 1000 and end > s_start:
+                    count += 1
+                    total += us
+                    break
+        return count, total / 1000
 
     # the window
 
     def summary(self) -> dict:
         seconds = (clock() - self.started) / 1e9
+        self._finish_frames(clock())
         video = self.latency[("video", False)] + self.latency[("video", True)]
         audio = self.latency[("audio", False)]
         per_outlet = [
             count / seconds for (_, kind), count in self.sent.items() if kind == "video"
         ]
-        stall_total = sum(s[0] for s in self.stalls)
+        stall_total = sum(s[1] for s in self.stalls)
         by_place: collections.Counter = collections.Counter()
-        for wall, _, place in self.stalls:
+        for _, wall, _, place in self.stalls:
             by_place[place] += wall
+        gc_in_stalls = self._inside_stalls(self.gc)
+        trims_in_stalls = self._inside_stalls(self.trims)
         gaps = numpy.diff(numpy.asarray(sorted(self.video_arrivals))) // 1000
         return {
             "seconds": seconds,
@@ -155,8 +207,9 @@ class Probe:
             "wait_before_fan_out_us": {k: spread(v) for k, v in self.waits.items()},
             "fan_out_us": {
                 f"{kind}{' keyframe' if key else ''}": {
-                    **spread([d for d, _ in runs]),
-                    "packets_median": float(numpy.median([p for _, p in runs]))
+                    **spread([wall for wall, _, _ in runs]),
+                    "cpu": spread([cpu for _, cpu, _ in runs]),
+                    "packets_median": float(numpy.median([p for _, _, p in runs]))
                     if runs
                     else None,
                 }
@@ -169,18 +222,21 @@ class Probe:
             "callbacks": self.callbacks,
             "stalls_over_5ms": len(self.stalls),
             "stall_total_ms": stall_total / 1000,
-            "stall_max_ms": max((s[0] for s in self.stalls), default=0) / 1000,
-            "stall_off_cpu_ms": sum(s[0] - s[1] for s in self.stalls) / 1000,
+            "stall_max_ms": max((s[1] for s in self.stalls), default=0) / 1000,
+            "stall_off_cpu_ms": sum(s[1] - s[2] for s in self.stalls) / 1000,
             "stalls_by_place_ms": {p: t / 1000 for p, t in by_place.most_common(8)},
             "gc": {
                 str(g): {
-                    "count": sum(1 for gen, _ in self.gc if gen == g),
-                    "total_ms": sum(d for gen, d in self.gc if gen == g) / 1000,
-                    "max_ms": max((d for gen, d in self.gc if gen == g), default=0)
+                    "count": sum(1 for _, gen, _ in self.gc if gen == g),
+                    "total_ms": sum(d for _, gen, d in self.gc if gen == g) / 1000,
+                    "max_ms": max((d for _, gen, d in self.gc if gen == g), default=0)
                     / 1000,
                 }
                 for g in (0, 1, 2)
             },
+            "gc_in_stalls": {"count": gc_in_stalls[0], "ms": gc_in_stalls[1]},
+            "trims": spread([us for _, us in self.trims]),
+            "trims_in_stalls": {"count": trims_in_stalls[0], "ms": trims_in_stalls[1]},
         }
 
 
@@ -231,6 +287,19 @@ def install(probe: Probe) -> None:
 
     StageHub._on_frame = probed_on_frame
 
+    # The hub hands big video fan-outs on in slices (if it does).
+    fan_out_later = getattr(StageHub, "_fan_out_later", None)
+    if fan_out_later is not None:
+
+        def probed_fan_out_later(self):
+            if probe.recording:
+                probe.fanned = "video (a slice)"
+                probe.fanning(fan_out_later, self)
+            else:
+                fan_out_later(self)
+
+        StageHub._fan_out_later = probed_fan_out_later
+
     send = Outlet.send
 
     def probed_send(self, frame, timestamp):
@@ -245,14 +314,31 @@ def install(probe: Probe) -> None:
 
     def timed_run(self):
         wall, cpu = clock(), cpu_clock()
+        probe.fanned = None
         try:
             run(self)
         finally:
             if probe.recording:
-                probe.callback_ran(self, clock() - wall, cpu_clock() - cpu)
+                probe.callback_ran(self, wall, clock() - wall, cpu_clock() - cpu)
 
     asyncio.events.Handle._run = timed_run
     gc.callbacks.append(probe.collector)
+
+    malloc_trim = allocator._malloc_trim
+
+    def timed_malloc_trim():
+        trim = malloc_trim()
+        if trim is None:
+            return None
+
+        def timed_trim(pad):
+            start = clock()
+            trim(pad)
+            probe.trimmed(start, clock())
+
+        return timed_trim
+
+    allocator._malloc_trim = timed_malloc_trim
 
     def start(signum, frame) -> None:
         probe.clear()
