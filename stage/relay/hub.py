@@ -1,30 +1,18 @@
 """A stage hub: one live stage, its current publisher, and everyone it feeds.
 
 Frames arrive on the event loop from the publisher's tap and are handed, still encoded,
-to every consumer of their kind: viewer tracks and the recording. Consumers send or
-queue at once; nothing here waits.
-
-A video frame goes out in slices of about FAN_OUT_SLICE packets, the event loop
-getting a turn between slices. A keyframe is ~25 packets; to 100 viewers that is 2,500
-packets, 25-50 ms of the loop on the bench's machine (bench/README.md, probe figures),
-and everything that arrived meanwhile used to wait for all of it: Opus packets (audio
-jitter the browser answers with a longer audio buffer), the next frame for the viewers
-who already had the keyframe, RTCP. Now audio goes out the moment it arrives, and a
-frame is sent at once to everyone who has had every frame before it; only the viewers
-still waiting for the keyframe get the next frame after it, in order. Who is served
-last takes turns.
+to every consumer of their kind: viewer tracks and the recording. Consumers only
+queue; nothing here waits.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 from typing import Protocol
 
 from .frames import MediaFrame
-from .packets import PAYLOAD_MAX
 from .publisher import Publisher
 
 logger = logging.getLogger(__name__)
@@ -47,25 +35,10 @@ KEYFRAME_RETRY = 1.0
 # interval) nothing is kept and newcomers wait for the next keyframe.
 PICTURE_REFRESH = 30
 PICTURE_LIMIT = 60
-# Packets a video fan-out sends before the event loop gets a turn: about 2-3 ms of
-# sending at 10-12 µs a packet (the outlet's figure in bench/README.md).
-FAN_OUT_SLICE = 200
 
 
 class Consumer(Protocol):
     def push(self, frame: MediaFrame) -> None: ...
-
-
-class _FanOut:
-    """A video frame and the consumers still to be handed it, in turn."""
-
-    __slots__ = ("frame", "consumers", "packets")
-
-    def __init__(self, frame: MediaFrame, consumers) -> None:
-        self.frame = frame
-        self.consumers = collections.deque(consumers)
-        # What one consumer costs in packets; the exact cut is the outlet's.
-        self.packets = max(1, -(-len(frame.data) // PAYLOAD_MAX))
 
 
 class StageHub:
@@ -79,9 +52,6 @@ class StageHub:
         self._last_keyframe_request = 0.0
         self._retry: asyncio.TimerHandle | None = None
         self._picture: list[MediaFrame] = []
-        self._queued: collections.deque[_FanOut] = collections.deque()
-        self._fan_out_handle: asyncio.Handle | None = None
-        self._turn = 0
         self.ended = False
         self.last_frame_at = time.monotonic()
         publisher.deliver = self._on_frame
@@ -115,60 +85,10 @@ class StageHub:
 
     def _on_frame(self, frame: MediaFrame) -> None:
         self.last_frame_at = frame.arrival
-        if frame.kind != "video":
-            # An Opus packet is one RTP packet per viewer: it goes at once, even while
-            # a keyframe is still on its way to some of them (another RTP stream).
-            for consumer in tuple(self._consumers[frame.kind]):
-                consumer.push(frame)
-            return
-        self._keep_picture(frame)
-        consumers = tuple(self._consumers["video"])
-        if consumers:
-            # Whoever is last waits longest: take turns.
-            turn = self._turn % len(consumers)
-            self._turn += 1
-            consumers = consumers[turn:] + consumers[:turn]
-        owed = {c for item in self._queued for c in item.consumers}
-        if owed:
-            # Consumers still owed earlier frames get this one after them, in order;
-            # the others have had everything before it and get it straight away.
-            now = [c for c in consumers if c not in owed]
-            later = [c for c in consumers if c in owed]
-            if later:
-                self._queued.append(_FanOut(frame, later))
-            if now:
-                self._queued.appendleft(_FanOut(frame, now))
-        else:
-            self._queued.append(_FanOut(frame, consumers))
-        self._fan_out()
-
-    def _fan_out(self) -> None:
-        """Hand queued video frames on, about FAN_OUT_SLICE packets' worth at a time.
-
-        What is left is picked up after the event loop has had a turn, so that audio,
-        RTCP and the next frame's packets are read in between.
-        """
-        budget = FAN_OUT_SLICE
-        queued = self._queued
-        while queued and budget > 0:
-            item = queued[0]
-            consumers = item.consumers
-            while consumers and budget > 0:
-                try:
-                    consumers.popleft().push(item.frame)
-                except Exception:
-                    # One consumer's fault must not keep the frame from the others.
-                    logger.exception("stage %s: a consumer failed", self.stage_id)
-                budget -= item.packets
-            if not consumers:
-                queued.popleft()
-        if queued and self._fan_out_handle is None and not self.ended:
-            loop = asyncio.get_running_loop()
-            self._fan_out_handle = loop.call_soon(self._fan_out_later)
-
-    def _fan_out_later(self) -> None:
-        self._fan_out_handle = None
-        self._fan_out()
+        if frame.kind == "video":
+            self._keep_picture(frame)
+        for consumer in tuple(self._consumers[frame.kind]):
+            consumer.push(frame)
 
     def _keep_picture(self, frame: MediaFrame) -> None:
         if frame.keyframe:
@@ -193,11 +113,6 @@ class StageHub:
 
     def unsubscribe(self, kind: str, consumer: Consumer) -> None:
         self._consumers[kind].discard(consumer)
-        # Frames still queued for it are not its any more (it may be on another
-        # stage by the time they would go out, or back on this one, replayed anew).
-        for item in self._queued:
-            if consumer in item.consumers:
-                item.consumers.remove(consumer)
 
     # keyframes
 
@@ -231,10 +146,6 @@ class StageHub:
         self.ended = True
         self.publisher.deliver = None
         self.publisher.want_keyframe = None
-        self._queued.clear()
-        if self._fan_out_handle is not None:
-            self._fan_out_handle.cancel()
-            self._fan_out_handle = None
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
