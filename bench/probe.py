@@ -70,6 +70,7 @@ class Probe:
         # id(frame) -> [frame, key, arrival, start, cpu at start, last send, cpu then]
         self.frames: dict[int, list] = {}
         self.gc_started = 0
+        self.gc_cpu_started = 0
         self.clear()
 
     def clear(self) -> None:
@@ -86,7 +87,7 @@ class Probe:
         self.video_arrivals: list[int] = []
         self.stalls: list[tuple[int, int, int, str]] = []  # start, wall, cpu, place
         self.callbacks = 0
-        self.gc: list[tuple[int, int, int]] = []  # start, generation, µs
+        self.gc: list[tuple[int, int, int, int]] = []  # start, generation, cpu, µs
         self.trims: list[tuple[int, int]] = []  # start, µs
 
     # the datagram path
@@ -161,9 +162,13 @@ class Probe:
     def collector(self, phase: str, info: dict) -> None:
         if phase == "start":
             self.gc_started = clock()
+            self.gc_cpu_started = cpu_clock()
         elif self.recording and self.gc_started:
             started = self.gc_started
-            self.gc.append((started, info["generation"], (clock() - started) // 1000))
+            cpu = (cpu_clock() - self.gc_cpu_started) // 1000
+            self.gc.append(
+                (started, info["generation"], cpu, (clock() - started) // 1000)
+            )
 
     def trimmed(self, start: int, end: int) -> None:
         if self.recording:
@@ -215,6 +220,7 @@ class Probe:
                 }
                 for (kind, key), runs in self.fanouts.items()
             },
+            "keyframe_fan_outs_us_cpu_packets": self.fanouts[("video", True)],
             "sends_outside_fan_out": dict(self.other_sends),
             "video_frames_in_per_second": len(self.video_arrivals) / seconds,
             "video_arrivals_within_5ms": int(numpy.sum(gaps < 5000)) if len(gaps) else 0,
@@ -227,9 +233,10 @@ class Probe:
             "stalls_by_place_ms": {p: t / 1000 for p, t in by_place.most_common(8)},
             "gc": {
                 str(g): {
-                    "count": sum(1 for _, gen, _ in self.gc if gen == g),
-                    "total_ms": sum(d for _, gen, d in self.gc if gen == g) / 1000,
-                    "max_ms": max((d for _, gen, d in self.gc if gen == g), default=0)
+                    "count": sum(1 for _, gen, _, _ in self.gc if gen == g),
+                    "total_ms": sum(d for _, gen, _, d in self.gc if gen == g) / 1000,
+                    "cpu_ms": sum(c for _, gen, c, _ in self.gc if gen == g) / 1000,
+                    "max_ms": max((d for _, gen, _, d in self.gc if gen == g), default=0)
                     / 1000,
                 }
                 for g in (0, 1, 2)
