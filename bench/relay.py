@@ -64,7 +64,7 @@ from stage.relay.ice import gather_on
 
 from . import machine, netns
 from .latency import SendLog, percentiles
-from .publisher import load_loop
+from .publisher import LOOP_SECONDS, load_loop
 from .servers import JanusServer, PythonServer, ViewerProcess, split
 
 logger = logging.getLogger(__name__)
@@ -616,6 +616,11 @@ def main() -> None:
         help="print the tables of an earlier run's results file, and run nothing",
     )
     args = parser.parse_args()
+    if args.seconds + 4 > LOOP_SECONDS:
+        # Frames are paired by their bytes from 2 s before the window to the pairing,
+        # after it: a longer span sees the publisher's loop come round, pairs a
+        # frame's arrival with its next send, and gives negative latencies.
+        parser.error(f"--seconds must be at most {LOOP_SECONDS - 4:g}")
     if args.budget is None:
         args.budget = max(60, args.hard_limit - 240)
     if args.report:
