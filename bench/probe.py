@@ -1,4 +1,4 @@
-"""Stage with a probe inside: what the server itself adds, apart from the bench's processes.
+"""Stage with a probe inside: what the server adds, apart from the bench's processes.
 
     python -m bench.probe [the flags of python -m stage]
 
@@ -223,7 +223,7 @@ class Probe:
             "keyframe_fan_outs_us_cpu_packets": self.fanouts[("video", True)],
             "sends_outside_fan_out": dict(self.other_sends),
             "video_frames_in_per_second": len(self.video_arrivals) / seconds,
-            "video_arrivals_within_5ms": int(numpy.sum(gaps < 5000)) if len(gaps) else 0,
+            "video_arrivals_within_5ms": int(numpy.sum(gaps < 5000)),
             "video_sends_per_viewer_per_second": spread(per_outlet, scale=1),
             "callbacks": self.callbacks,
             "stalls_over_5ms": len(self.stalls),
@@ -236,7 +236,9 @@ class Probe:
                     "count": sum(1 for _, gen, _, _ in self.gc if gen == g),
                     "total_ms": sum(d for _, gen, _, d in self.gc if gen == g) / 1000,
                     "cpu_ms": sum(c for _, gen, c, _ in self.gc if gen == g) / 1000,
-                    "max_ms": max((d for _, gen, _, d in self.gc if gen == g), default=0)
+                    "max_ms": max(
+                        (d for _, gen, _, d in self.gc if gen == g), default=0
+                    )
                     / 1000,
                 }
                 for g in (0, 1, 2)

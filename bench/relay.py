@@ -490,10 +490,18 @@ def print_tables(results: dict, table: list[dict], collapse_fps: float) -> None:
             "  stalls > 5 ms  stall ms"
         )
         for r in probed:
+            server = "/".join(
+                (
+                    number(r["server_p50_ms"], ".2f"),
+                    number(r["server_p99_ms"], ".1f"),
+                    number(r["server_max_ms"], ".1f"),
+                )
+            )
+            end_to_end = "/".join(
+                (number(r["latency_p50_ms"], ".1f"), number(r["latency_p99_ms"], ".1f"))
+            )
             print(
-                f"{r['viewers']:7d}  "
-                f"{number(r['server_p50_ms'], '.2f') + '/' + number(r['server_p99_ms'], '.1f') + '/' + number(r['server_max_ms'], '.1f'):>20s}"
-                f"  {number(r['latency_p50_ms'], '.1f') + '/' + number(r['latency_p99_ms'], '.1f'):>18s}"
+                f"{r['viewers']:7d}  {server:>20s}  {end_to_end:>18s}"
                 f"  {number(r['server_audio_p99_ms'], '9.1f')}"
                 f"  {number(r['stalls'], '13.0f')}  {number(r['stall_ms'], '8.0f')}"
             )

@@ -31,7 +31,9 @@ class PythonServer:
     `probe_start`/`probe_result` open and close its windows through signals.
     """
 
-    def __init__(self, name: str, command: list[str], probe: Path | None = None) -> None:
+    def __init__(
+        self, name: str, command: list[str], probe: Path | None = None
+    ) -> None:
         self.name = name
         self.port = machine.free_port()
         self.base = f"http://127.0.0.1:{self.port}"

@@ -20,8 +20,9 @@ Retransmissions (NACK) are answered from a ring of recently sent packets, over R
 when the viewer negotiated it. The ring is kept in flat lists of numbers and of the
 frames' shared payload lists: a tuple per frame and viewer, living a second or more,
 filled the collector's youngest generation (13,000-17,000 objects at each collection
-with 100 viewers, 3 ms a pass, 15 ms for the next generation; bench/README.md). After each frame the sender's counters are updated
-so that its RTCP sender reports map our timestamps to wall-clock time, which the
+with 100 viewers, 3 ms a pass, 15 ms for the next generation; bench/README.md).
+After each frame the sender's counters are updated so that its RTCP sender reports
+map our timestamps to wall-clock time, which the
 browser needs to keep audio and video in sync.
 
 Relies on aiortc 1.16 internals (pinned): the sender's SSRCs, name-mangled report
