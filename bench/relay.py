@@ -4,7 +4,7 @@
                                     [--rounds 3] [--systems stage mediarelay janus]
                                     [--reference-max 10] [--collapse-fps 15]
                                     [--per-process 10] [--janus-event-loops 2]
-                                    [--hard-limit 3600]
+                                    [--hard-limit 3600] [--probe]
 
 Three servers, each its own process: Stage (`python -m stage`); aiortc's MediaRelay
 with a sender per viewer (`bench/mediarelay_server.py`, one VP8 encode per viewer, as
@@ -37,6 +37,13 @@ any later round once it collapsed at that N twice (the run says so); MediaRelay,
 which collapses by design, is instead not taken past --reference-max. No new
 measurement starts after --budget seconds, and the run is killed at --hard-limit
 whatever happens. `--report FILE` prints the tables of an earlier run's JSON.
+
+`--probe` runs Stage with a probe inside (`bench/probe.py`, outside the product): over
+the same window it notes, in the server, each frame's arrival (the datagram that
+completed it, read from the publisher's socket) to each viewer's send of its last
+packet, the event loop's callbacks longer than 5 ms ("stalls") and the collector's
+pauses. Its video p50/p99/max are printed beside the end-to-end figures, which it does
+not change in kind (it costs the server a little per callback and per send).
 """
 
 from __future__ import annotations
@@ -57,7 +64,7 @@ from stage.relay.ice import gather_on
 
 from . import machine, netns
 from .latency import SendLog, percentiles
-from .publisher import load_loop
+from .publisher import LOOP_SECONDS, load_loop
 from .servers import JanusServer, PythonServer, ViewerProcess, split
 
 logger = logging.getLogger(__name__)
@@ -106,6 +113,7 @@ async def measure(server, viewers: int, args, published, log: SendLog) -> dict:
         await asyncio.sleep(SETTLE)
         first = await asyncio.gather(*(g.ask("sample") for g in groups))
         await asyncio.gather(*(g.ask("mark") for g in groups))
+        server.probe_start()
         pid = server.pid
         marked = time.monotonic_ns()
         cpu0, wait0 = machine.cpu_seconds(pid), machine.run_queue_seconds(pid)
@@ -115,6 +123,7 @@ async def measure(server, viewers: int, args, published, log: SendLog) -> dict:
         cpu1, wait1 = machine.cpu_seconds(pid), machine.run_queue_seconds(pid)
         clients1, busy1 = clients_cpu(groups), machine.machine_busy()[0]
         (frames1, keys1, bytes1), t1 = published.sent(), time.monotonic()
+        probed = await server.probe_result()
         last = await asyncio.gather(*(g.ask("sample") for g in groups))
         sent = json.dumps(log.since(marked - 2_000_000_000))
         paired = await asyncio.gather(*(g.ask(f"pair {sent}") for g in groups))
@@ -122,27 +131,39 @@ async def measure(server, viewers: int, args, published, log: SendLog) -> dict:
         await asyncio.gather(*(g.stop() for g in groups))
     elapsed = t1 - t0
 
-    seen0 = [f for s in first for f in s["frames"]]
-    seen1 = [f for s in last for f in s["frames"]]
-    fps = [(b - a) / elapsed for a, b in zip(seen0, seen1)]
-    decoded0 = [d for s in first for d in s["decoded"]]
+    # Frame rates over each process's own time between its two samples: the window
+    # the bench timed is shorter by the time it took to ask them all (at 100 viewers
+    # under load, up to a second: 31-33 fps of a 30 fps stream).
+    fps = [
+        (b - a) / (s1["at"] - s0["at"])
+        for s0, s1 in zip(first, last)
+        for a, b in zip(s0["frames"], s1["frames"])
+    ]
+    decoded_fps = [
+        (b[0] - a[0]) / (s1["at"] - s0["at"])
+        for s0, s1 in zip(first, last)
+        for a, b in zip(s0["decoded"], s1["decoded"])
+    ]
     decoded1 = [d for s in last for d in s["decoded"]]
     delays = [d for p in paired for d in p["delays"]]
     per_viewer = [a for p in paired for a in p["arrived"]]
     arrived = sum(a[1] for a in per_viewer)
     p50, p99 = percentiles(delays)
-    packets = sum(s["packets"] for s in last) - sum(s["packets"] for s in first)
+    packets_per_second = sum(
+        (s1["packets"] - s0["packets"]) / (s1["at"] - s0["at"])
+        for s0, s1 in zip(first, last)
+    )
     await asyncio.sleep(1)
     return {
         "viewers": viewers,
         "cpu_percent": 100 * (cpu1 - cpu0) / elapsed,
         "waiting_percent": 100 * (wait1 - wait0) / elapsed,
         "rss_mb": machine.rss_mb(pid),
-        "packets_per_second": packets / elapsed,
+        "packets_per_second": packets_per_second,
         "fps_min": min(fps) if fps else None,
         "fps_median": statistics.median(fps) if fps else None,
         "viewers_below_15fps": sum(1 for f in fps if f < 15),
-        "decoded_fps": [(b[0] - a[0]) / elapsed for a, b in zip(decoded0, decoded1)],
+        "decoded_fps": decoded_fps,
         "decoded_sizes": [b[1:] for b in decoded1],
         "latency_p50_ms": p50,
         "latency_p99_ms": p99,
@@ -155,7 +176,39 @@ async def measure(server, viewers: int, args, published, log: SendLog) -> dict:
         "publisher_connected": published.connected,
         "clients_cpu_percent": 100 * (clients1 - clients0) / elapsed,
         "machine_cpu_percent": 100 * (busy1 - busy0) / elapsed,
+        **probe_figures(probed),
     }
+
+
+def probe_figures(probed: dict | None) -> dict:
+    """The probe's headline figures for a row (all None without a probe)."""
+    if probed is None:
+        return dict.fromkeys(PROBE_KEYS)
+    video = probed["video_us"]
+    return {
+        "server_p50_ms": ms(video["p50"]),
+        "server_p99_ms": ms(video["p99"]),
+        "server_max_ms": ms(video["max"]),
+        "server_audio_p99_ms": ms(probed["audio_us"]["p99"]),
+        "stalls": probed["stalls_over_5ms"],
+        "stall_ms": probed["stall_total_ms"],
+        "probe": probed,
+    }
+
+
+PROBE_KEYS = (
+    "server_p50_ms",
+    "server_p99_ms",
+    "server_max_ms",
+    "server_audio_p99_ms",
+    "stalls",
+    "stall_ms",
+    "probe",
+)
+
+
+def ms(us: float | None) -> float | None:
+    return us / 1000 if us is not None else None
 
 
 class Escalation:
@@ -211,7 +264,12 @@ def start_servers(args, data: str) -> list:
         if name == "stage":
             command = ["-m", "stage", "--data", data, "--ice-address", "127.0.0.1"]
             command += ["--log-level", "WARNING", "--max-viewers", "100000"]
-            servers.append(PythonServer("stage", command))
+            if args.probe:
+                command[:2] = ["-m", "bench.probe"]
+                probe = Path(data) / "probe.json"
+            else:
+                probe = None
+            servers.append(PythonServer("stage", command, probe))
         elif name == "mediarelay":
             servers.append(
                 PythonServer("mediarelay", ["-m", "bench.mediarelay_server"])
@@ -300,10 +358,19 @@ def print_measurement(round_: int, name: str, row: dict) -> None:
         f"{row['publisher_kbps']:.0f} kb/s",
         flush=True,
     )
+    if row.get("probe"):
+        print(
+            f"    in the server: video p50 {number(row['server_p50_ms'], '.2f')} "
+            f"p99 {number(row['server_p99_ms'], '.1f')} "
+            f"max {number(row['server_max_ms'], '.1f')} ms, "
+            f"audio p99 {number(row['server_audio_p99_ms'], '.1f')} ms; "
+            f"{row['stalls']} stalls > 5 ms, {row['stall_ms']:.0f} ms in all",
+            flush=True,
+        )
 
 
 def median(runs: list[dict], key: str):
-    values = [r[key] for r in runs if r[key] is not None]
+    values = [r[key] for r in runs if r.get(key) is not None]
     return statistics.median(values) if values else None
 
 
@@ -338,6 +405,7 @@ def summarise(by_count: dict[int, list[dict]], collapse_fps: float) -> list[dict
             "publisher_keyframes_per_second",
             "clients_cpu_percent",
             "machine_cpu_percent",
+            *PROBE_KEYS[:-1],
         ):
             row[key] = median(runs, key)
         row["fps_min"] = min(
@@ -413,6 +481,29 @@ def print_tables(results: dict, table: list[dict], collapse_fps: float) -> None:
                 f"{latency:>18s}  "
                 f"{number(r['clients_cpu_percent'], '13.0f'):>13s}  "
                 f"{number(r['publisher_kbps'], '14.0f'):>14s}"
+            )
+    probed = [r for r in results.get("stage", []) if r.get("server_p99_ms") is not None]
+    if probed:
+        print(
+            "\nStage, in the server (probe) beside end to end, ms:"
+            "\nviewers  server p50/p99/max    end to end p50/p99  audio p99"
+            "  stalls > 5 ms  stall ms"
+        )
+        for r in probed:
+            server = "/".join(
+                (
+                    number(r["server_p50_ms"], ".2f"),
+                    number(r["server_p99_ms"], ".1f"),
+                    number(r["server_max_ms"], ".1f"),
+                )
+            )
+            end_to_end = "/".join(
+                (number(r["latency_p50_ms"], ".1f"), number(r["latency_p99_ms"], ".1f"))
+            )
+            print(
+                f"{r['viewers']:7d}  {server:>20s}  {end_to_end:>18s}"
+                f"  {number(r['server_audio_p99_ms'], '9.1f')}"
+                f"  {number(r['stalls'], '13.0f')}  {number(r['stall_ms'], '8.0f')}"
             )
     if table:
         print(
@@ -519,6 +610,11 @@ def main() -> None:
         action="store_false",
         help="counting viewers use aiortc's whole receive path (RTCP, NACK)",
     )
+    parser.add_argument(
+        "--probe",
+        action="store_true",
+        help="run Stage with bench/probe.py inside and print what the server adds",
+    )
     parser.add_argument("--hard-limit", type=float, default=3600)
     parser.add_argument("--budget", type=float, help="default: hard limit - 240 s")
     parser.add_argument(
@@ -528,6 +624,11 @@ def main() -> None:
         help="print the tables of an earlier run's results file, and run nothing",
     )
     args = parser.parse_args()
+    if args.seconds + 4 > LOOP_SECONDS:
+        # Frames are paired by their bytes from 2 s before the window to the pairing,
+        # after it: a longer span sees the publisher's loop come round, pairs a
+        # frame's arrival with its next send, and gives negative latencies.
+        parser.error(f"--seconds must be at most {LOOP_SECONDS - 4:g}")
     if args.budget is None:
         args.budget = max(60, args.hard_limit - 240)
     if args.report:

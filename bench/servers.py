@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -24,15 +25,26 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class PythonServer:
-    """Stage or the MediaRelay reference: a Python process speaking WHIP and WHEP."""
+    """Stage or the MediaRelay reference: a Python process speaking WHIP and WHEP.
 
-    def __init__(self, name: str, command: list[str]) -> None:
+    With `probe` set the command is `bench.probe`'s (Stage with its probe inside), and
+    `probe_start`/`probe_result` open and close its windows through signals.
+    """
+
+    def __init__(
+        self, name: str, command: list[str], probe: Path | None = None
+    ) -> None:
         self.name = name
         self.port = machine.free_port()
         self.base = f"http://127.0.0.1:{self.port}"
+        self.probe = probe
+        env = dict(os.environ)
+        if probe is not None:
+            env["STAGE_PROBE_FILE"] = str(probe)
         self.process = subprocess.Popen(
             [sys.executable, *command, "--port", str(self.port)],
             cwd=ROOT,
+            env=env,
             preexec_fn=netns.die_with_parent,
         )
         self.stage: dict | None = None
@@ -61,6 +73,24 @@ class PythonServer:
 
     def viewer_args(self) -> list[str]:
         return ["--whep", self.base]
+
+    def probe_start(self) -> None:
+        if self.probe is not None:
+            self.probe.unlink(missing_ok=True)
+            self.process.send_signal(signal.SIGUSR1)
+
+    async def probe_result(self) -> dict | None:
+        """What the probe noted since `probe_start` (None without a probe)."""
+        if self.probe is None:
+            return None
+        self.process.send_signal(signal.SIGUSR2)
+        for _ in range(100):
+            if self.probe.exists():
+                result = json.loads(self.probe.read_text())
+                self.probe.unlink()
+                return result
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"{self.name}: the probe wrote nothing")
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -92,6 +122,12 @@ class JanusServer:
 
     def viewer_args(self) -> list[str]:
         return ["--janus", self.janus.url, "--feed", str(self.feed)]
+
+    def probe_start(self) -> None:
+        pass
+
+    async def probe_result(self) -> None:
+        return None
 
     def stop(self) -> None:
         self.janus.stop()

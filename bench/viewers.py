@@ -36,6 +36,7 @@ import random
 import re
 import sys
 import threading
+import time
 
 import aiohttp
 import pylibsrtp
@@ -296,6 +297,10 @@ class BenchViewer:
 
 def sample(viewers: list[BenchViewer]) -> dict:
     return {
+        # When the counts were read, by this process: rates are counts over the time
+        # between two samples, not over the bench's window (the two differ by the
+        # time it took to ask every process, which grows with their load).
+        "at": time.monotonic(),
         "frames": [v.frames for v in viewers],
         "packets": sum(v.packets() for v in viewers),
         "packets_each": [v.packets() for v in viewers],
