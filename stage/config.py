@@ -19,8 +19,11 @@ class Settings:
     ice_servers: tuple[str, ...] = ()
     # Seconds of watching that make a view.
     view_seconds: float = 3.0
-    # Most viewers one server carries at once; past it, new viewers get 503.
-    max_viewers: int = 500
+    # Most viewers one server carries at once; past it, new viewers get 503. One
+    # process uses one core, and on the 2-core machine of bench/README.md 100 viewers
+    # of a 1 Mb/s stream took half of one: 200 is about a core's worth, before the
+    # relay starts to fall behind for everyone.
+    max_viewers: int = 200
     # Most stages one server carries live at once; past it, new publishers get 503.
     max_stages: int = 100
     extra: dict = field(default_factory=dict, compare=False)
@@ -66,7 +69,7 @@ def from_command_line(argv: list[str] | None = None, env=os.environ) -> Settings
         "--view-seconds", type=float, default=float(env.get("STAGE_VIEW_SECONDS", "3"))
     )
     parser.add_argument(
-        "--max-viewers", type=int, default=int(env.get("STAGE_MAX_VIEWERS", "500"))
+        "--max-viewers", type=int, default=int(env.get("STAGE_MAX_VIEWERS", "200"))
     )
     parser.add_argument(
         "--max-stages", type=int, default=int(env.get("STAGE_MAX_STAGES", "100"))
