@@ -52,6 +52,8 @@ WATCH_INTERVAL = 0.25
 # A viewer that sends no RTCP for this long is taken to be gone (rather than waiting
 # some 30 s for ICE consent to expire).
 VIEWER_SILENCE_TIMEOUT = 6.0
+# How often the viewers are looked over for the two timeouts above.
+VIEWER_CHECK_INTERVAL = 1.0
 # How long a viewer arriving right as an H.264 stage goes live waits for its first SPS,
 # which says the profile its answer must name (B32).
 SPS_WAIT = 3.0
@@ -91,6 +93,7 @@ class Venue:
         # Stages whose publisher was lost, held for the same key (by stage id).
         self.held: set[str] = set()
         self._tasks: set[asyncio.Task] = set()
+        self._looking_after_viewers = False
 
     # publishing
 
@@ -468,34 +471,51 @@ class Venue:
         if not self._offered(hub) or not self._fits(viewer, hub):
             hub = self._choose(viewer)
         self._move(viewer, hub)
-        self._spawn(self._run_viewer(viewer))
+        self._look_after(viewer)
         logger.info(
             "viewer %s: joined stage %s", viewer.id, hub.stage_id if hub else None
         )
         return viewer
 
     async def _run_viewer(self, viewer: Viewer) -> None:
-        """Watch over a visit until the viewer leaves, vanishes or never arrives."""
+        """End a visit when its connection goes (`_look_after_viewers`: the rest)."""
         try:
-            while not viewer.gone.is_set():
-                try:
-                    await asyncio.wait_for(viewer.gone.wait(), 1.0)
-                except TimeoutError:
-                    pass
-                connected = viewer.pc.connectionState == "connected"
-                waited = time.monotonic() - viewer.joined_at
-                if not connected and waited > VIEWER_CONNECT_TIMEOUT:
-                    logger.info("viewer %s: never connected", viewer.id)
-                    await self.leave(viewer.id, ended_by=UNCONNECTED)
-                    return
-                # Browsers report reception about once a second; a viewer we have
-                # not heard from in a while has closed its tab or lost its network.
-                silent = time.monotonic() - viewer.last_heard
-                if connected and silent > VIEWER_SILENCE_TIMEOUT:
-                    logger.info("viewer %s: silent for %.0f s, gone", viewer.id, silent)
-                    return
+            await viewer.gone.wait()
         finally:
             await self.leave(viewer.id)
+
+    def _look_after(self, viewer: Viewer) -> None:
+        self._spawn(self._run_viewer(viewer))
+        if not self._looking_after_viewers:
+            self._looking_after_viewers = True
+            self._spawn(self._look_after_viewers())
+
+    async def _look_after_viewers(self) -> None:
+        """Once a second, let go of the viewers that never arrived or have vanished.
+
+        One look over every viewer, rather than a timer per viewer: a wake-up each
+        per second was a share of a viewer's cost of its own (bench/README.md).
+        """
+        try:
+            while self.viewers:
+                await asyncio.sleep(VIEWER_CHECK_INTERVAL)
+                now = time.monotonic()
+                for viewer in list(self.viewers.values()):
+                    connected = viewer.pc.connectionState == "connected"
+                    waited = now - viewer.joined_at
+                    # Browsers report reception about once a second; a viewer we have
+                    # not heard from in a while has closed its tab or lost its network.
+                    silent = now - viewer.last_heard
+                    if not connected and waited > VIEWER_CONNECT_TIMEOUT:
+                        logger.info("viewer %s: never connected", viewer.id)
+                        self._spawn(self.leave(viewer.id, ended_by=UNCONNECTED))
+                    elif connected and silent > VIEWER_SILENCE_TIMEOUT:
+                        logger.info(
+                            "viewer %s: silent for %.0f s, gone", viewer.id, silent
+                        )
+                        self._spawn(self.leave(viewer.id))
+        finally:
+            self._looking_after_viewers = False
 
     def _on_viewer_state(self, viewer: Viewer) -> None:
         if viewer.pc.connectionState != "connected" or viewer.id in self.came_up:

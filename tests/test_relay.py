@@ -1,10 +1,15 @@
 """The relay end to end: real aiortc publishers and viewers against the real server."""
 
 import asyncio
+import os
+import struct
 import time
 
 import pytest
 from aiortc import RTCRtpReceiver
+from aiortc.rtp import RtcpPsfbPacket, RtcpSrPacket
+
+from stage.appkeys import VENUE
 
 from tests.peers import Publisher, Viewer, record_rtp
 
@@ -245,6 +250,150 @@ async def test_viewer_keyframe_requests_reach_the_publisher_coalesced(
     )
     for viewer in viewers:
         await viewer.stop()
+    await publisher.stop()
+
+
+def video_receiver(viewer: Viewer):
+    return next(t.receiver for t in viewer.pc.getTransceivers() if t.kind == "video")
+
+
+def viewer_keyframe_requests(server) -> list[float]:
+    """When the server heard a PLI or FIR from one of its viewers (its video sender's
+    keyframe hook ran); the hub's own periodic requests are not counted."""
+    requests = []
+    for served in server.app[VENUE].viewers.values():
+        sender = served.tracks["video"].outlet.sender
+        original = sender._send_keyframe
+
+        def counted(original=original):
+            requests.append(time.monotonic())
+            original()
+
+        sender._send_keyframe = counted
+    return requests
+
+
+async def test_a_viewers_fir_reaches_the_publisher(server, new_stage):
+    """RFC 5104 FIR: the media SSRC field is 0 and the FCI names the source. aiortc
+    routes feedback by the media SSRC, so a FIR from a browser used to be dropped."""
+    stage = await new_stage()
+    publisher = await Publisher(server.base, stage["id"], stage["key"]).start()
+    viewer = await Viewer(server.base).start()
+    await viewer.wait_video(count=5)
+    requests = viewer_keyframe_requests(server)
+    receiver = video_receiver(viewer)
+    source = receiver.getSynchronizationSources()[0].source
+    fir = RtcpPsfbPacket(
+        fmt=4, ssrc=1234, media_ssrc=0, fci=struct.pack("!IB3x", source, 1)
+    )
+    await receiver._send_rtcp(fir)
+    await asyncio.sleep(0.5)
+    assert len(requests) == 1, f"{len(requests)} keyframe requests heard from one FIR"
+    await viewer.stop()
+    await publisher.stop()
+
+
+async def test_malformed_or_forged_viewer_rtcp_is_ignored(server, new_stage):
+    """RTCP that does not decrypt, or whose lengths run past its end, asks for no
+    keyframe, and the viewer's next PLI still works."""
+    stage = await new_stage()
+    publisher = await Publisher(server.base, stage["id"], stage["key"]).start()
+    viewer = await Viewer(server.base).start()
+    await viewer.wait_video(count=5)
+    requests = viewer_keyframe_requests(server)
+    receiver = video_receiver(viewer)
+    source = receiver.getSynchronizationSources()[0].source
+    dtls = receiver.transport
+    ice = dtls.transport._connection
+    # A PLI whose length says 40 words, and a NACK cut short, both encrypted.
+    too_long = struct.pack("!BBHII", 0x81, 206, 40, 1234, source)
+    cut_nack = struct.pack("!BBHIIH", 0x81, 205, 3, 1234, source, 7)
+    for raw in (too_long, cut_nack):
+        await dtls._send_rtp(raw)
+    # A PLI that does not decrypt: right header, random bytes for the rest.
+    forged = struct.pack("!BBHII", 0x81, 206, 2, 1234, source) + os.urandom(30)
+    await ice.send(forged)
+    await asyncio.sleep(0.3)
+    assert not requests, f"{len(requests)} keyframe requests from bad RTCP"
+
+    await receiver._send_rtcp_pli(source)
+    await asyncio.sleep(0.5)
+    assert len(requests) == 1, "a PLI after the bad RTCP was not heard"
+    await viewer.stop()
+    await publisher.stop()
+
+
+def note_reports(viewer: Viewer) -> dict[str, list]:
+    """Per kind, in arrival order: ("rtp", wall time, timestamp, payload bytes) for
+    each media packet and ("sr", wall time, report) for each sender report."""
+    seen = {"audio": [], "video": []}
+    for transceiver in viewer.pc.getTransceivers():
+        receiver, kind = transceiver.receiver, transceiver.kind
+        primary = {c.payloadType for c in transceiver._codecs if c.name != "rtx"}
+        handle_rtp = receiver._handle_rtp_packet
+        handle_rtcp = receiver._handle_rtcp_packet
+
+        async def on_rtp(
+            packet, arrival_time_ms, kind=kind, handle=handle_rtp, primary=primary
+        ):
+            if packet.payload_type in primary:
+                note = ("rtp", time.time(), packet.timestamp, len(packet.payload))
+                seen[kind].append(note)
+            await handle(packet, arrival_time_ms)
+
+        async def on_rtcp(packet, kind=kind, handle=handle_rtcp):
+            if isinstance(packet, RtcpSrPacket):
+                seen[kind].append(("sr", time.time(), packet))
+            await handle(packet)
+
+        receiver._handle_rtp_packet = on_rtp
+        receiver._handle_rtcp_packet = on_rtcp
+    return seen
+
+
+def ntp_seconds(ntp: int) -> float:
+    return (ntp >> 32) - 2208988800 + (ntp & 0xFFFFFFFF) / 2**32
+
+
+async def test_sender_reports_map_timestamps_to_wall_clock_and_count(
+    server, new_stage
+):
+    """Browsers line audio up with video through each stream's sender reports: the
+    NTP time and RTP timestamp of one moment, and the packets and octets sent."""
+    stage = await new_stage()
+    publisher = await Publisher(server.base, stage["id"], stage["key"]).start()
+    viewer = await Viewer(server.base).start()
+    seen = note_reports(viewer)
+    await asyncio.sleep(4)
+
+    for kind, events in seen.items():
+        reports = [e for e in events if e[0] == "sr"]
+        # One report per 0.5-1.5 s (RFC 3550): 2 to 8 in 4 s.
+        assert 2 <= len(reports) <= 8, f"{kind}: {len(reports)} sender reports in 4 s"
+        positions = [i for i, e in enumerate(events) if e[0] == "sr"]
+        for start, end in zip(positions, positions[1:]):
+            first, second = events[start][2], events[end][2]
+            media = [e for e in events[start:end] if e[0] == "rtp"]
+            counted = second.sender_info.packet_count - first.sender_info.packet_count
+            octets = second.sender_info.octet_count - first.sender_info.octet_count
+            assert counted == len(media), (
+                f"{kind}: reports count {counted} packets, {len(media)} came between"
+            )
+            assert octets == sum(e[3] for e in media), f"{kind}: octet counts differ"
+        for position in positions:
+            report = events[position][2]
+            stamp = report.sender_info.rtp_timestamp
+            earlier = [e for e in events[:position] if e[0] == "rtp"]
+            if not earlier:
+                continue
+            # The report names the last frame sent before it, and when it was sent.
+            assert stamp == earlier[-1][2], f"{kind}: report for timestamp {stamp}"
+            arrived = next(e[1] for e in earlier if e[2] == stamp)
+            sent = ntp_seconds(report.sender_info.ntp_timestamp)
+            assert -0.05 < arrived - sent < 0.1, (
+                f"{kind}: frame sent at {sent:.3f} (report), arrived {arrived:.3f}"
+            )
+    await viewer.stop()
     await publisher.stop()
 
 

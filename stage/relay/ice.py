@@ -18,6 +18,7 @@ from aiortc import RTCPeerConnection
 from aiortc.sdp import candidate_from_sdp
 
 from ..errors import BadRequest, Unprocessable
+from .feedback import is_srtcp
 
 logger = logging.getLogger(__name__)
 
@@ -190,6 +191,10 @@ def _remote_credentials(sdp: str) -> tuple[str | None, str | None]:
 
 def _data_received(connection, data: bytes, component: int) -> None:
     connection.stage_last_data = time.monotonic()
+    # A viewer's RTCP is read right here (feedback.py) instead of queued for aiortc.
+    feedback = getattr(connection, "stage_feedback", None)
+    if feedback is not None and is_srtcp(data) and feedback.datagram_received(data):
+        return
     _original_data_received(connection, data, component)
 
 

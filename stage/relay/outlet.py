@@ -4,7 +4,7 @@ aiortc's sender builds a packet object per packet, serializes its header extensi
 in Python and awaits three coroutines on the way to the socket; for a relay that
 only forwards, that was most of the cost of a viewer (bench/README.md). An outlet
 keeps aiortc for everything around the media: negotiation, DTLS, the SRTP session,
-ICE, receiving RTCP (NACK, PLI, receiver reports) and sending sender reports. Only
+ICE and sending sender reports (a viewer's RTCP is read in feedback.py). Only
 the RTP packets themselves are written here, synchronously, per frame:
 
     header (seq, timestamp, SSRC) + extensions + [VP8 descriptor] + shared payload
@@ -21,29 +21,35 @@ when the viewer negotiated it. The ring is kept in flat lists of numbers and of 
 frames' shared payload lists: a tuple per frame and viewer, living a second or more,
 filled the collector's youngest generation (13,000-17,000 objects at each collection
 with 100 viewers, 3 ms a pass, 15 ms for the next generation; bench/README.md).
-After each frame the sender's counters are updated so that its RTCP sender reports
-map our timestamps to wall-clock time, which the
-browser needs to keep audio and video in sync.
 
-Relies on aiortc 1.16 internals (pinned): the sender's SSRCs, name-mangled report
-counters and `_retransmit` hook, the DTLS transport's state and `_tx_srtp`, and
-aioice's nominated pair; on pylibsrtp 1.0's binding and session handle; and on the
-socket behind asyncio's datagram transport (CPython 3.11).
+The outlet also writes the RTCP sender reports in place of aiortc's sender
+(reports.py says when): the NTP time and RTP timestamp of the last frame sent, which
+the browser needs to keep audio and video in sync, and the packets and octets sent.
+aiortc's own sender statistics stay at zero.
+
+Relies on aiortc 1.16 internals (pinned): the sender's SSRCs, its `_retransmit` and
+`_run_rtcp` hooks, the name-mangled events its `stop()` waits on and its CNAME; the
+DTLS transport's state and `_tx_srtp`, and aioice's nominated pair; on pylibsrtp
+1.0's binding and session handle; and on the socket behind asyncio's datagram
+transport (CPython 3.11).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import struct
 import time
 
 from aiortc.rtcdtlstransport import State
+from aiortc.rtp import RtcpByePacket, RtcpSdesPacket, RtcpSourceInfo
 from aiortc.utils import random16, random32
 from pylibsrtp import _srtp_assert
 from pylibsrtp._binding import ffi, lib
 
 from .frames import MediaFrame
 from .packets import payloads_of
+from .reports import reports
 
 logger = logging.getLogger(__name__)
 
@@ -64,11 +70,13 @@ _RTX_SEQ = struct.Struct("!H")
 _PACKET = ffi.new("char[]", 2048)
 _PACKET_VIEW = memoryview(ffi.buffer(_PACKET))
 _PACKET_LENGTH = ffi.new("int *")
-# The sender's report counters (name-mangled in aiortc's RTCRtpSender).
-_NTP_TIMESTAMP = "_RTCRtpSender__ntp_timestamp"
-_RTP_TIMESTAMP = "_RTCRtpSender__rtp_timestamp"
-_PACKET_COUNT = "_RTCRtpSender__packet_count"
-_OCTET_COUNT = "_RTCRtpSender__octet_count"
+# RFC 3550 section 6.4.1: V=2, no report blocks, PT=200, length 6 words; SSRC, NTP
+# time, RTP timestamp, packets, octets.
+_SENDER_REPORT = struct.Struct("!BBHIQIII")
+# Name-mangled in aiortc's RTCRtpSender: what stop() waits on, and the CNAME.
+_RTCP_STARTED = "_RTCRtpSender__rtcp_started"
+_RTCP_EXITED = "_RTCRtpSender__rtcp_exited"
+_CNAME = "_RTCRtpSender__cname"
 # Seconds from 1900 (NTP's epoch) to 1970 (Unix time's).
 _NTP_EPOCH_OFFSET = 2208988800
 
@@ -106,7 +114,12 @@ class Outlet:
         self.packets = 0
         self.octets = 0
         self.skipped = 0
+        # The NTP time and RTP timestamp of the last frame sent, for sender reports.
+        self._sent_at = 0
+        self._sent_timestamp = 0
+        self._description: bytes | None = None
         self._sender._retransmit = self._retransmit
+        self._sender._run_rtcp = self._run_reports
 
     def configure(self) -> None:
         """Read the negotiated payload types and header extensions (after the answer)."""
@@ -143,6 +156,10 @@ class Outlet:
         self._timed = bool(abs_send_time)
         self._extension_head = head if self._timed else head + padding
         self._extension_padding = padding
+
+    @property
+    def sender(self):
+        return self._sender
 
     def carries(self, codec: str) -> bool:
         return codec in self._payload_types
@@ -269,19 +286,71 @@ class Outlet:
         return picture_id
 
     def _counted(self, packets: int, octets: int, timestamp: int, ntp_now: int) -> None:
-        # What the sender's RTCP sender reports say: the last timestamp sent, when,
-        # and how much (aiortc reads these name-mangled fields in _run_rtcp).
+        # What the sender reports say: the last timestamp sent, when, and how much.
         self.packets += packets
         self.octets += octets
-        sender = self._sender
-        setattr(sender, _NTP_TIMESTAMP, ntp_now)
-        setattr(sender, _RTP_TIMESTAMP, timestamp)
-        setattr(sender, _PACKET_COUNT, self.packets)
-        setattr(sender, _OCTET_COUNT, self.octets)
+        self._sent_at = ntp_now
+        self._sent_timestamp = timestamp
+
+    # sender reports
+
+    async def _run_reports(self) -> None:
+        """Takes the place of aiortc's per-sender RTCP task (started by `send()`)."""
+        getattr(self._sender, _RTCP_STARTED).set()
+        reporting = reports()
+        reporting.add(self)
+        try:
+            await asyncio.Future()
+        except asyncio.CancelledError:
+            pass  # the sender stops
+        finally:
+            reporting.discard(self)
+        await self._sender._send_rtcp([RtcpByePacket(sources=[self._ssrc])])
+        getattr(self._sender, _RTCP_EXITED).set()
+
+    def report(self) -> None:
+        """Send a sender report (and SDES with our CNAME) now, if connected."""
+        route = self._route()
+        if route is None:
+            return
+        session, udp, address = route
+        report = _SENDER_REPORT.pack(
+            0x80,
+            200,
+            6,
+            self._ssrc,
+            self._sent_at,
+            self._sent_timestamp,
+            self.packets & 0xFFFFFFFF,
+            self.octets & 0xFFFFFFFF,
+        )
+        packet = report + self._sdes()
+        end = len(packet)
+        _PACKET_VIEW[:end] = packet
+        _PACKET_LENGTH[0] = end
+        failed = lib.srtp_protect_rtcp(session._srtp[0], _PACKET, _PACKET_LENGTH)
+        if failed:
+            logger.debug("%s sender report not protected: %d", self.kind, failed)
+            return
+        udp.sendto(bytes(_PACKET_VIEW[: _PACKET_LENGTH[0]]), address)
+
+    def _sdes(self) -> bytes:
+        if self._description is None:
+            cname = getattr(self._sender, _CNAME, None)
+            if cname is None:
+                return b""
+            chunk = RtcpSourceInfo(ssrc=self._ssrc, items=[(1, cname.encode())])
+            self._description = bytes(RtcpSdesPacket(chunks=[chunk]))
+        return self._description
 
     # retransmission
 
     async def _retransmit(self, seq: int) -> None:
+        # aiortc's hook, for NACKs that reach the sender through aiortc.
+        self.retransmit(seq)
+
+    def retransmit(self, seq: int) -> None:
+        """Send packet `seq` again if it is still in the history (a NACK)."""
         size = len(self._history_first)
         first_seq = self._history_first[seq % size]
         route = self._route()

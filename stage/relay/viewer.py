@@ -18,6 +18,7 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from ..errors import BadRequest
+from .feedback import Feedback
 from .frames import CLOCK_RATES, MediaFrame
 from .ice import reachable_candidates
 from .negotiation import (
@@ -197,6 +198,7 @@ class Viewer:
         self.last_heard = self.joined_at
         self.gone = asyncio.Event()
         self.watch_id: int | None = None
+        self._feedback: list[Feedback] = []
         pc.on("connectionstatechange", self._on_state)
 
     @property
@@ -288,6 +290,7 @@ class Viewer:
         return self.pc.localDescription.sdp
 
     def _listen_for_reports(self, sender) -> None:
+        # RTCP that aiortc handles (before feedback.py takes over) is heard too.
         handle = sender._handle_rtcp_packet
 
         async def heard(packet) -> None:
@@ -322,14 +325,33 @@ class Viewer:
         else:
             hub.want_keyframe()
 
+    def heard(self) -> None:
+        self.last_heard = time.monotonic()
+
+    def _read_feedback(self) -> None:
+        """Read this viewer's RTCP as it arrives, for each transport its senders use."""
+        by_transport: dict = {}
+        for track in self.tracks.values():
+            sender = track.outlet.sender
+            if sender.transport is not None:
+                senders = by_transport.setdefault(sender.transport, {})
+                senders[sender._ssrc] = (sender, track.outlet)
+        for dtls, senders in by_transport.items():
+            self._feedback.append(Feedback(dtls, senders, self.heard))
+
     async def _on_state(self) -> None:
         state = self.pc.connectionState
         logger.debug("viewer %s: connection %s", self.id, state)
+        if state == "connected" and not self._feedback and not self.gone.is_set():
+            self._read_feedback()
         if state in ("failed", "closed"):
             self.gone.set()
 
     async def close(self) -> None:
         self.gone.set()
+        for feedback in self._feedback:
+            feedback.detach()
+        self._feedback.clear()
         for track in self.tracks.values():
             track.stop()
         await self.pc.close()
