@@ -209,19 +209,25 @@ async def test_slow_viewer_does_not_stall_others(server, new_stage):
     await publisher.stop()
 
 
+def counted_keyframe_requests(senders) -> list[float]:
+    """When any of these senders was asked for a keyframe (its keyframe hook ran)."""
+    requests = []
+    for sender in senders:
+        original = sender._send_keyframe
+
+        def counted(original=original):
+            requests.append(time.monotonic())
+            original()
+
+        sender._send_keyframe = counted
+    return requests
+
+
 def keyframe_requests(publisher: Publisher) -> list[float]:
     """When the publisher's video sender was asked for a keyframe (a PLI or FIR)."""
-    requests = []
-    for sender in publisher.pc.getSenders():
-        if sender.track and sender.track.kind == "video":
-            original = sender._send_keyframe
-
-            def counted(original=original):
-                requests.append(time.monotonic())
-                original()
-
-            sender._send_keyframe = counted
-    return requests
+    return counted_keyframe_requests(
+        s for s in publisher.pc.getSenders() if s.track and s.track.kind == "video"
+    )
 
 
 async def test_viewer_keyframe_requests_reach_the_publisher_coalesced(
@@ -260,27 +266,26 @@ def video_receiver(viewer: Viewer):
 def viewer_keyframe_requests(server) -> list[float]:
     """When the server heard a PLI or FIR from one of its viewers (its video sender's
     keyframe hook ran); the hub's own periodic requests are not counted."""
-    requests = []
-    for served in server.app[VENUE].viewers.values():
-        sender = served.tracks["video"].outlet.sender
-        original = sender._send_keyframe
+    return counted_keyframe_requests(
+        served.tracks["video"].outlet.sender
+        for served in server.app[VENUE].viewers.values()
+    )
 
-        def counted(original=original):
-            requests.append(time.monotonic())
-            original()
 
-        sender._send_keyframe = counted
-    return requests
+async def one_viewer_heard(server, new_stage):
+    """A live stage with one aiortc viewer on it, whose keyframe requests the server
+    hears are counted from now on: (publisher, viewer, requests)."""
+    stage = await new_stage()
+    publisher = await Publisher(server.base, stage["id"], stage["key"]).start()
+    viewer = await Viewer(server.base).start()
+    await viewer.wait_video(count=5)
+    return publisher, viewer, viewer_keyframe_requests(server)
 
 
 async def test_a_viewers_fir_reaches_the_publisher(server, new_stage):
     """RFC 5104 FIR: the media SSRC field is 0 and the FCI names the source. aiortc
     routes feedback by the media SSRC, so a FIR from a browser used to be dropped."""
-    stage = await new_stage()
-    publisher = await Publisher(server.base, stage["id"], stage["key"]).start()
-    viewer = await Viewer(server.base).start()
-    await viewer.wait_video(count=5)
-    requests = viewer_keyframe_requests(server)
+    publisher, viewer, requests = await one_viewer_heard(server, new_stage)
     receiver = video_receiver(viewer)
     source = receiver.getSynchronizationSources()[0].source
     fir = RtcpPsfbPacket(
@@ -296,11 +301,7 @@ async def test_a_viewers_fir_reaches_the_publisher(server, new_stage):
 async def test_malformed_or_forged_viewer_rtcp_is_ignored(server, new_stage):
     """RTCP that does not decrypt, or whose lengths run past its end, asks for no
     keyframe, and the viewer's next PLI still works."""
-    stage = await new_stage()
-    publisher = await Publisher(server.base, stage["id"], stage["key"]).start()
-    viewer = await Viewer(server.base).start()
-    await viewer.wait_video(count=5)
-    requests = viewer_keyframe_requests(server)
+    publisher, viewer, requests = await one_viewer_heard(server, new_stage)
     receiver = video_receiver(viewer)
     source = receiver.getSynchronizationSources()[0].source
     dtls = receiver.transport
