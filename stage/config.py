@@ -58,23 +58,63 @@ def from_command_line(argv: list[str] | None = None, env=os.environ) -> Settings
     parser = argparse.ArgumentParser(
         prog="python -m stage", description="Run the Stage server."
     )
-    parser.add_argument("--host", default=env.get("STAGE_HOST", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(env.get("STAGE_PORT", "8080")))
     parser.add_argument(
-        "--data", type=Path, default=Path(env.get("STAGE_DATA", "recordings"))
-    )
-    parser.add_argument("--ice-address", action="append", dest="ice_addresses")
-    parser.add_argument("--ice-server", action="append", dest="ice_servers")
-    parser.add_argument(
-        "--view-seconds", type=float, default=float(env.get("STAGE_VIEW_SECONDS", "3"))
+        "--host",
+        default=env.get("STAGE_HOST", "127.0.0.1"),
+        help="address the HTTP server binds (STAGE_HOST; default %(default)s)",
     )
     parser.add_argument(
-        "--max-viewers", type=int, default=int(env.get("STAGE_MAX_VIEWERS", "200"))
+        "--port",
+        type=int,
+        default=int(env.get("STAGE_PORT", "8080")),
+        help="HTTP port (STAGE_PORT; default %(default)s)",
     )
     parser.add_argument(
-        "--max-stages", type=int, default=int(env.get("STAGE_MAX_STAGES", "100"))
+        "--data",
+        type=Path,
+        default=Path(env.get("STAGE_DATA", "recordings")),
+        help="folder for stage.db and the recordings (STAGE_DATA; default %(default)s)",
     )
-    parser.add_argument("--log-level", default=env.get("STAGE_LOG_LEVEL", "INFO"))
+    parser.add_argument(
+        "--ice-address",
+        action="append",
+        dest="ice_addresses",
+        help="a local address ICE gathers on; repeatable (STAGE_ICE_ADDRESSES, comma "
+        "list; default: every non-loopback interface)",
+    )
+    parser.add_argument(
+        "--ice-server",
+        action="append",
+        dest="ice_servers",
+        help="a STUN/TURN URL for the server and the pages; repeatable "
+        "(STAGE_ICE_SERVERS, comma list; default none)",
+    )
+    parser.add_argument(
+        "--view-seconds",
+        type=float,
+        default=float(env.get("STAGE_VIEW_SECONDS", "3")),
+        help="seconds of watching that make a view (STAGE_VIEW_SECONDS; default "
+        "%(default)s)",
+    )
+    parser.add_argument(
+        "--max-viewers",
+        type=int,
+        default=int(env.get("STAGE_MAX_VIEWERS", "200")),
+        help="viewers this server carries; past it new viewers get 503 "
+        "(STAGE_MAX_VIEWERS; default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-stages",
+        type=int,
+        default=int(env.get("STAGE_MAX_STAGES", "100")),
+        help="stages live at once; past it new publishers get 503 "
+        "(STAGE_MAX_STAGES; default %(default)s)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=env.get("STAGE_LOG_LEVEL", "INFO"),
+        help="logging level (STAGE_LOG_LEVEL; default %(default)s)",
+    )
     args = parser.parse_args(argv)
     settings = Settings(
         host=args.host,
