@@ -360,6 +360,9 @@ async def test_watch_page_waits_when_nothing_is_live_then_plays(server, new_stag
         await page.goto(f"{server.base}/watch")
         await expect(page.locator("#waiting")).to_be_visible(timeout=UI_TIMEOUT_MS)
         await expect(page.locator("#stage-name")).to_be_empty()
+        # No "0 watching" and no Next while there is nothing to watch.
+        await expect(page.locator(".watching-line")).to_be_hidden()
+        await expect(page.locator("#next")).to_be_disabled()
 
         stage = await new_stage("Late Arrival")
         live_at = time.monotonic()
@@ -368,6 +371,8 @@ async def test_watch_page_waits_when_nothing_is_live_then_plays(server, new_stag
         await expect(page.locator("#stage-name")).to_have_text(
             "Late Arrival", timeout=10_000
         )
+        await expect(page.locator(".watching-line")).to_be_visible()
+        await expect(page.locator("#next")).to_be_enabled()
         await wait_playing(page)
         print(
             f"\nwaiting page playing {time.monotonic() - live_at:.2f} s after go-live"

@@ -253,12 +253,17 @@ function setStage(stage) {
     namedId = null;
     stageName.textContent = '';
     watching.textContent = '0';
+    // Nothing to count and nowhere to go: the waiting screen says so itself.
+    show(watching.parentElement, false);
+    nextButton.disabled = true;
     document.title = 'Watch — Stage';
     return;
   }
 
   screen.classList.remove('is-waiting');
   show(waiting, false);
+  show(watching.parentElement, true);
+  nextButton.disabled = false;
   show(liveBadge, !stage.reconnecting);
   watching.textContent = String(stage.viewers ?? 0);
   showHold(stage, previous);
@@ -338,7 +343,7 @@ function whenPictureArrives(callback) {
 // Next
 
 async function next() {
-  if (nextInFlight || !viewerUrl) {
+  if (nextInFlight || !viewerUrl || nextButton.disabled) {
     return;
   }
   nextInFlight = true;
