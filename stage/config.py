@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 
@@ -54,79 +54,75 @@ def _split(value: str | None) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
+# Flags with one value: setting, environment variable, type, what it means. The
+# defaults are the Settings fields' own.
+_OPTIONS = (
+    ("host", "STAGE_HOST", str, "address the HTTP server binds"),
+    ("port", "STAGE_PORT", int, "HTTP port"),
+    ("data", "STAGE_DATA", Path, "folder for stage.db and the recordings"),
+    ("view_seconds", "STAGE_VIEW_SECONDS", float, "seconds of watching that make "
+     "a view"),
+    ("max_viewers", "STAGE_MAX_VIEWERS", int, "viewers this server carries; past it "
+     "new viewers get 503"),
+    ("max_stages", "STAGE_MAX_STAGES", int, "stages live at once; past it new "
+     "publishers get 503"),
+)
+# Repeatable flags, or a comma list in the environment: setting, flag, environment
+# variable, what one value is, what none means.
+_LISTS = (
+    ("ice_addresses", "--ice-address", "STAGE_ICE_ADDRESSES",
+     "a local address ICE gathers on", "every non-loopback interface"),
+    ("ice_servers", "--ice-server", "STAGE_ICE_SERVERS",
+     "a STUN/TURN URL for the server and the pages", "none"),
+)
+
+
+def _from_environment(env, variable: str, kind, default):
+    value = env.get(variable)
+    if value is None:
+        return default
+    try:
+        return kind(value)
+    except ValueError:
+        raise ValueError(
+            f"{variable} must be {_KIND_NAMES[kind]}, not {value!r}"
+        ) from None
+
+
+_KIND_NAMES = {str: "text", int: "a whole number", float: "a number", Path: "a path"}
+
+
 def from_command_line(argv: list[str] | None = None, env=os.environ) -> Settings:
     parser = argparse.ArgumentParser(
         prog="python -m stage", description="Run the Stage server."
     )
-    parser.add_argument(
-        "--host",
-        default=env.get("STAGE_HOST", "127.0.0.1"),
-        help="address the HTTP server binds (STAGE_HOST; default %(default)s)",
-    )
-    parser.add_argument(
-        "--port",
-        type=int,
-        default=int(env.get("STAGE_PORT", "8080")),
-        help="HTTP port (STAGE_PORT; default %(default)s)",
-    )
-    parser.add_argument(
-        "--data",
-        type=Path,
-        default=Path(env.get("STAGE_DATA", "recordings")),
-        help="folder for stage.db and the recordings (STAGE_DATA; default %(default)s)",
-    )
-    parser.add_argument(
-        "--ice-address",
-        action="append",
-        dest="ice_addresses",
-        help="a local address ICE gathers on; repeatable (STAGE_ICE_ADDRESSES, comma "
-        "list; default: every non-loopback interface)",
-    )
-    parser.add_argument(
-        "--ice-server",
-        action="append",
-        dest="ice_servers",
-        help="a STUN/TURN URL for the server and the pages; repeatable "
-        "(STAGE_ICE_SERVERS, comma list; default none)",
-    )
-    parser.add_argument(
-        "--view-seconds",
-        type=float,
-        default=float(env.get("STAGE_VIEW_SECONDS", "3")),
-        help="seconds of watching that make a view (STAGE_VIEW_SECONDS; default "
-        "%(default)s)",
-    )
-    parser.add_argument(
-        "--max-viewers",
-        type=int,
-        default=int(env.get("STAGE_MAX_VIEWERS", "200")),
-        help="viewers this server carries; past it new viewers get 503 "
-        "(STAGE_MAX_VIEWERS; default %(default)s)",
-    )
-    parser.add_argument(
-        "--max-stages",
-        type=int,
-        default=int(env.get("STAGE_MAX_STAGES", "100")),
-        help="stages live at once; past it new publishers get 503 "
-        "(STAGE_MAX_STAGES; default %(default)s)",
-    )
+    defaults = {f.name: f.default for f in fields(Settings)}
+    for name, variable, kind, meaning in _OPTIONS:
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            type=kind,
+            default=_from_environment(env, variable, kind, defaults[name]),
+            help=f"{meaning} ({variable}; default %(default)s)",
+        )
+    for name, flag, variable, meaning, otherwise in _LISTS:
+        parser.add_argument(
+            flag,
+            action="append",
+            dest=name,
+            help=f"{meaning}; repeatable ({variable}, comma list; "
+            f"default: {otherwise})",
+        )
     parser.add_argument(
         "--log-level",
         default=env.get("STAGE_LOG_LEVEL", "INFO"),
         help="logging level (STAGE_LOG_LEVEL; default %(default)s)",
     )
     args = parser.parse_args(argv)
-    settings = Settings(
-        host=args.host,
-        port=args.port,
-        data=args.data,
-        ice_addresses=tuple(
-            args.ice_addresses or _split(env.get("STAGE_ICE_ADDRESSES"))
-        ),
-        ice_servers=tuple(args.ice_servers or _split(env.get("STAGE_ICE_SERVERS"))),
-        view_seconds=args.view_seconds,
-        max_viewers=args.max_viewers,
-        max_stages=args.max_stages,
+    return Settings(
+        **{name: getattr(args, name) for name, *_ in _OPTIONS},
+        **{
+            name: tuple(getattr(args, name) or _split(env.get(variable)))
+            for name, _, variable, *_ in _LISTS
+        },
         extra={"log_level": args.log_level.upper()},
     )
-    return settings
