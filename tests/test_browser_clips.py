@@ -257,6 +257,11 @@ async def test_artist_cuts_a_clip_and_a_fan_plays_and_downloads_it(
         await wait_advancing(fan, "#clip-video")
         assert (await clip_from_api(http, server.base, clip_id))["plays"] == 1
         await fan.evaluate("() => document.getElementById('clip-video').pause()")
+        # On a 1280x720 screen the downloads are in sight with the player.
+        await fan.set_viewport_size({"width": 1280, "height": 720})
+        for selector in ("#download-mp4", "#download-recorded"):
+            box = await fan.locator(selector).bounding_box()
+            assert box["y"] + box["height"] <= 720, (selector, box)
         keep_shot(await screenshot(fan, tmp_path / "clip-page.png"))
 
         # Both downloads work and hold the asked-for 4 s.
