@@ -24,8 +24,13 @@ def main(argv: list[str] | None = None) -> None:
     for noisy in ("aiortc", "aioice"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     app = create_app(settings)
-    print(f"Stage is running on http://{settings.host}:{settings.port}/", flush=True)
-    web.run_app(app, host=settings.host, port=settings.port, print=None)
+    address = f"http://{settings.host}:{settings.port}/"
+
+    def listening(_: str) -> None:
+        # aiohttp calls this once the port is bound, after start-up went well.
+        print(f"Stage is running on {address}", flush=True)
+
+    web.run_app(app, host=settings.host, port=settings.port, print=listening)
 
 
 if __name__ == "__main__":

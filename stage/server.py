@@ -92,8 +92,14 @@ async def venue_lifetime(app: web.Application):
     app[VENUE] = venue
     logger.info("Stage ready: data in %s", settings.data.resolve())
     yield
+    logger.info(
+        "Stage stopping: ending %d live stages and %d visits",
+        len(venue.hubs),
+        len(venue.viewers),
+    )
     await venue.close()
     store.close()
+    logger.info("Stage stopped: every recording closed")
 
 
 async def page_context(request: web.Request) -> dict:
