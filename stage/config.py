@@ -89,7 +89,8 @@ def _from_environment(env, variable: str, kind, default):
         ) from None
 
 
-_KIND_NAMES = {str: "text", int: "a whole number", float: "a number", Path: "a path"}
+# Only numbers can be written wrong: any text is a host or a path.
+_KIND_NAMES = {int: "a whole number", float: "a number"}
 
 
 def from_command_line(argv: list[str] | None = None, env=os.environ) -> Settings:
