@@ -80,8 +80,15 @@ async def live_stages(request: web.Request) -> web.Response:
     hubs = [h for h in venue.hubs.values() if not venue.reconnecting(h.stage_id)]
     stages = [
         {"id": h.stage_id, "name": h.name, "live": True, "viewers": venue.watching(h)}
-        for h in sorted(hubs, key=lambda h: h.name.lower())
+        for h in hubs
     ]
+    # With several workers, the stages the others carry (stage/directory.py).
+    stages += [
+        {"id": s.stage_id, "name": s.name, "live": True, "viewers": s.watching}
+        for s in venue.directory.elsewhere().values()
+        if s.live and s.stage_id not in venue.hubs
+    ]
+    stages.sort(key=lambda s: s["name"].lower())
     return web.json_response({"stages": stages})
 
 
@@ -95,6 +102,8 @@ def _last_recording(app: web.Application, stage: StageRecord) -> dict | None:
 def stage_summary(app: web.Application, stage: StageRecord) -> dict:
     venue = app[VENUE]
     hub = venue.hubs.get(stage.id)
+    if hub is None and stage.id in venue.directory.elsewhere():
+        return _summary_elsewhere(app, stage, venue.directory.elsewhere()[stage.id])
     reconnecting = venue.reconnecting(stage.id)
     return {
         "id": stage.id,
@@ -110,6 +119,21 @@ def stage_summary(app: web.Application, stage: StageRecord) -> dict:
         "last_recording": _last_recording(app, stage),
         # Lets a performer's page see that another connection took the stage over.
         "publisher": hub.publisher.id if hub else None,
+    }
+
+
+def _summary_elsewhere(app: web.Application, stage: StageRecord, listing) -> dict:
+    """A stage another worker carries, as that worker last reported it."""
+    return {
+        "id": stage.id,
+        "name": stage.name,
+        "live": listing.live,
+        "reconnecting": listing.reconnecting,
+        "viewers": listing.watching,
+        "views": app[VENUE].audience.stage_views(stage.id),
+        "recording": listing.recording,
+        "last_recording": _last_recording(app, stage),
+        "publisher": listing.publisher,
     }
 
 

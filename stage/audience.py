@@ -12,7 +12,9 @@ they read is the whole truth up to that moment. A killed server loses at most th
 interval of joins and leaves; the open watches it left are ended at the last moment a
 flush vouched for (see `close_interrupted`).
 
-One process writes the watch rows: ids are handed out here, from the largest stored.
+Ids are handed out here, from the largest stored. With several worker processes
+(stage/front.py) each writes its own rows, and each takes its own lane of ids: worker
+i of n hands out only ids equal to i modulo n, so two never pick the same one.
 """
 
 from __future__ import annotations
@@ -80,7 +82,9 @@ class Watch:
 
 
 class Audience:
-    def __init__(self, path: Path, view_seconds: float) -> None:
+    def __init__(
+        self, path: Path, view_seconds: float, lane: tuple[int, int] = (0, 1)
+    ) -> None:
         self.view_seconds = view_seconds
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
@@ -92,10 +96,10 @@ class Audience:
             self._db.execute("ALTER TABLE watches ADD COLUMN ended_by TEXT")
         if "connected" not in columns:
             self._db.execute("ALTER TABLE watches ADD COLUMN connected INTEGER")
-        self._next_id = (
-            self._db.execute("SELECT COALESCE(MAX(id), 0) FROM watches").fetchone()[0]
-            + 1
-        )
+        largest = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM watches")
+        index, self._id_step = lane
+        first = largest.fetchone()[0] + 1
+        self._next_id = first + (index - first) % self._id_step
         self._last_at = 0.0
         # Not yet written: new rows by id, ends of rows already written, and rows
         # already written whose viewer's connection has come up since.
@@ -122,7 +126,7 @@ class Audience:
     ) -> int:
         """A visit begins; it counts as watching once its viewer is `connected`."""
         watch_id = self._next_id
-        self._next_id += 1
+        self._next_id += self._id_step
         self._new[watch_id] = [
             watch_id,
             performance_id,

@@ -79,14 +79,19 @@ async def venue_lifetime(app: web.Application):
     settings.data.mkdir(parents=True, exist_ok=True)
     gather_on(settings.ice_addresses)
     store = Store(settings.database, settings.view_seconds)
+    # A worker behind the front (stage/worker.py) is one of several writing the
+    # database; the front finished what a crash left, once, before starting them.
+    worker = settings.extra.get("worker")
     venue = Venue(
         store,
         settings.data,
         settings.ice_servers,
         settings.max_viewers,
         max_stages=settings.max_stages,
+        lane=worker or (0, 1),
     )
-    await venue.recover()
+    if worker is None:
+        await venue.recover()
     venue.audience.start()
     app[STORE] = store
     app[VENUE] = venue

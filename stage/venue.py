@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .audience import BY_SERVER, BY_SHOW, BY_VIEWER, UNCONNECTED, Audience
 from .bulletin import Bulletin
+from .directory import Directory
 from .errors import Conflict, Full, NotFound
 from .recorder.files import LIVE_SUFFIX, finish
 from .recorder.recording import Recording
@@ -76,6 +77,7 @@ class Venue:
         ice_servers: tuple[str, ...],
         max_viewers: int,
         max_stages: int = 100,
+        lane: tuple[int, int] = (0, 1),
     ) -> None:
         self.store = store
         self.data = data
@@ -83,7 +85,9 @@ class Venue:
         self.max_viewers = max_viewers
         self.max_stages = max_stages
         self.bulletin = Bulletin()
-        self.audience = Audience(store.path, store.view_seconds)
+        self.audience = Audience(store.path, store.view_seconds, lane)
+        # Stages other worker processes carry (none in one process).
+        self.directory = Directory()
         self.hubs: dict[str, StageHub] = {}
         self.performances: dict[str, Performance] = {}  # by stage id
         self.publishers: dict[str, Publisher] = {}  # every publisher not yet gone

@@ -1,0 +1,241 @@
+"""`--workers 2`: stages split between two worker processes behind the front.
+
+A real server subprocess with two workers, real aiortc publishers and viewers through
+the front, recordings decoded back with PyAV. Which worker answered a request is in
+the `X-Stage-Worker` header the front adds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+
+import aiohttp
+import pytest
+
+from stage.recorder.files import LIVE_SUFFIX
+
+from .peers import Publisher, Viewer
+from .show import check_file
+from .test_server_stop import free_port
+
+SIZES = {"A": (320, 240), "B": (160, 128)}
+
+
+class Front:
+    """`python -m stage --workers 2` on a free port, its output kept."""
+
+    def __init__(self, data) -> None:
+        self.data = data
+        self.base = ""
+        self.server: asyncio.subprocess.Process | None = None
+        self.log = b""
+
+    async def start(self) -> Front:
+        port = free_port()
+        self.base = f"http://127.0.0.1:{port}"
+        self.server = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "stage", "--workers", "2", "--port", str(port)),
+            *("--data", str(self.data), "--ice-address", "127.0.0.1"),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        while b"Stage is running" not in self.log:
+            line = await asyncio.wait_for(self.server.stdout.readline(), 60)
+            assert line, f"the server ended before it ran: {self.log.decode()}"
+            self.log += line
+        return self
+
+    @property
+    def worker_pids(self) -> list[int]:
+        found = re.search(rb"workers serving \(pids (\d+), (\d+)\)", self.log)
+        return [int(pid) for pid in found.groups()]
+
+    async def stop(self) -> str:
+        """SIGTERM, as a service manager stops it; returns the whole log."""
+        if self.server.returncode is None:
+            self.server.send_signal(signal.SIGTERM)
+            rest, _ = await asyncio.wait_for(self.server.communicate(), 40)
+            self.log += rest
+        return self.log.decode()
+
+    async def kill(self) -> None:
+        if self.server is not None and self.server.returncode is None:
+            self.server.kill()
+            await self.server.wait()
+
+
+@pytest.fixture
+async def front(tmp_path):
+    front = await Front(tmp_path / "data").start()
+    yield front
+    await front.kill()
+
+
+async def new_stage(http, base: str, name: str) -> dict:
+    async with http.post(f"{base}/api/stages", json={"name": name}) as response:
+        assert response.status == 201, await response.text()
+        return await response.json()
+
+
+async def until(check, timeout=15.0, what="the condition"):
+    for _ in range(int(timeout / 0.1)):
+        found = await check()
+        if found:
+            return found
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{what} did not come within {timeout} s")
+
+
+async def test_two_stages_run_on_two_workers_until_sigterm(front):
+    base = front.base
+    publishers, viewers = {}, {}
+    async with aiohttp.ClientSession() as http:
+        stages = {n: await new_stage(http, base, f"Stage {n}") for n in SIZES}
+        try:
+            for name, stage in stages.items():
+                publisher = Publisher(base, stage["id"], stage["key"])
+                publishers[name] = await publisher.start(size=SIZES[name])
+
+            async def listed():
+                async with http.get(f"{base}/api/stages") as r:
+                    live = {s["id"]: s for s in (await r.json())["stages"]}
+                return live if len(live) == 2 else None
+
+            await until(listed, what="both stages listed")
+
+            # Each stage is carried by its own worker.
+            workers = {}
+            for name, stage in stages.items():
+                async with http.get(f"{base}/api/stages/{stage['id']}") as r:
+                    assert (await r.json())["live"], name
+                    workers[name] = r.headers["X-Stage-Worker"]
+            assert sorted(workers.values()) == ["0", "1"], workers
+
+            # A viewer of each, on its own stage's picture.
+            for name, stage in stages.items():
+                viewers[name] = await Viewer(base).start(stage["id"])
+                width, height = SIZES[name]
+                await viewers[name].wait_video(
+                    count=20, where=lambda s, w=width, h=height: s[:2] == (w, h)
+                )
+
+            async def counted():
+                live = await listed()
+                return live and all(s["viewers"] == 1 for s in live.values())
+
+            await until(counted, what="one viewer on each stage in GET /api/stages")
+
+            # Next stays on the viewer's worker (README: what is not built), where
+            # no other stage is live.
+            status, body = await viewers["A"].request("POST", "/next")
+            assert status == 409, (status, body)
+            assert body == {"error": "No other stage is live right now."}
+
+            # Stage A ends with its WHIP DELETE; stage B is still live at SIGTERM.
+            await asyncio.sleep(2)
+            await publishers.pop("A").stop()
+            await asyncio.sleep(1)
+        finally:
+            for viewer in viewers.values():
+                await viewer.stop(say_goodbye=False)
+            for publisher in publishers.values():
+                await publisher.stop(say_goodbye=False)
+
+    log = await front.stop()
+    pids = front.worker_pids
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert "Stage stopping: ending 2 workers" in log, log
+    assert log.count("Stage stopped: every recording closed") == 2, log
+    assert not list(front.data.rglob(f"*{LIVE_SUFFIX}*")), "a recording was left open"
+    for name, stage in stages.items():
+        files = [
+            p for p in (front.data / stage["id"]).iterdir() if p.suffix == ".webm"
+        ]
+        assert len(files) == 1, (name, files)
+        checked = check_file(files[0])
+        assert checked.counts.get("video", 0) > 30, (name, checked)
+        assert checked.audio_seconds > 1, (name, checked)
+
+
+# Requests that go wrong, each answered the same by one process and through the front.
+BAD_REQUESTS = [
+    ("GET", "/whep/viewers/nobody", None, None),
+    ("POST", "/whep/viewers/nobody/next", None, None),
+    ("DELETE", "/whep/viewers/nobody", None, None),
+    ("PATCH", "/whep/viewers/nobody", "a=x", "application/trickle-ice-sdpfrag"),
+    ("POST", "/whep", "v=0", "text/plain"),
+    ("POST", "/whep/nostage", "v=0", "application/sdp"),
+    ("POST", "/whip/nostage", "v=0", "application/sdp"),
+    ("DELETE", "/whip/nostage/publishers/nobody", None, None),
+    ("GET", "/api/stages/nostage", None, None),
+    ("GET", "/api/stages/nostage/performances", None, None),
+    ("POST", "/api/stages", "name", "text/plain"),
+    ("POST", "/api/stages", '{"name": ""}', "application/json"),
+    ("GET", "/api/clips/noclip", None, None),
+]
+
+
+async def answers(http, base: str) -> list:
+    found = []
+    for method, path, body, content_type in BAD_REQUESTS:
+        headers = {"Content-Type": content_type} if content_type else {}
+        async with http.request(method, base + path, data=body, headers=headers) as r:
+            found.append((method, path, r.status, await r.text()))
+    return found
+
+
+async def test_bad_requests_get_the_same_answers_through_the_front(
+    front, server, http
+):
+    single = await answers(http, server.base)
+    fronted = await answers(http, front.base)
+    assert all(status >= 400 for *_, status, _ in single), single
+    assert fronted == single
+
+
+async def test_nothing_live_anywhere_is_said_as_in_one_process(front, http):
+    offer = await _offer()
+    async with http.post(
+        f"{front.base}/whep", data=offer, headers={"Content-Type": "application/sdp"}
+    ) as r:
+        assert r.status == 409, await r.text()
+        assert await r.json() == {"error": "Nobody is on stage right now."}
+        assert r.headers["Retry-After"] == "3"
+
+
+async def _offer() -> str:
+    viewer = Viewer("")
+    viewer.pc.addTransceiver("video", direction="recvonly")
+    await viewer.pc.setLocalDescription(await viewer.pc.createOffer())
+    offer = viewer.pc.localDescription.sdp
+    await viewer.pc.close()
+    return offer
+
+
+async def test_a_worker_that_dies_is_answered_for_and_started_again(front):
+    async with aiohttp.ClientSession() as http:
+        stage = await new_stage(http, front.base, "Short Lived")
+        first, second = front.worker_pids
+        os.kill(second, signal.SIGKILL)
+
+        async def restarted():
+            line = await front.server.stdout.readline()
+            front.log += line
+            return b"worker 1: serving" in line
+
+        await until(restarted, timeout=30, what="worker 1 started again")
+        # Worker 1 takes the next new stage again, and the home worker still answers.
+        publisher = await Publisher(front.base, stage["id"], stage["key"]).start()
+        try:
+            async with http.get(f"{front.base}/api/stages/{stage['id']}") as r:
+                assert r.status == 200
+        finally:
+            await publisher.stop()
+    log = await front.stop()
+    assert "worker 1: pid %d ended by itself" % second in log, log
