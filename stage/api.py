@@ -79,7 +79,12 @@ async def live_stages(request: web.Request) -> web.Response:
     # A stage held for its performer to reconnect is not offered to newcomers.
     hubs = [h for h in venue.hubs.values() if not venue.reconnecting(h.stage_id)]
     stages = [
-        {"id": h.stage_id, "name": h.name, "live": True, "viewers": venue.watching(h)}
+        {
+            "id": h.stage_id,
+            "name": h.name,
+            "live": True,
+            "viewers": venue.watching_everywhere(h),
+        }
         for h in hubs
     ]
     # With several workers, the stages the others carry (stage/directory.py).
@@ -111,7 +116,7 @@ def stage_summary(app: web.Application, stage: StageRecord) -> dict:
         # Held for its performer to come back, a stage is not live (README.md).
         "live": hub is not None and not reconnecting,
         "reconnecting": reconnecting,
-        "viewers": venue.watching(hub) if hub else 0,
+        "viewers": venue.watching_everywhere(hub) if hub else 0,
         "views": venue.audience.stage_views(stage.id),
         "recording": venue.recording_state(stage.id),
         # What became of the last show's recording, so that a performer who ended it

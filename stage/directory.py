@@ -18,7 +18,8 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass, field, replace
 
 logger = logging.getLogger(__name__)
 
@@ -34,9 +35,14 @@ class Listing:
     name: str
     worker: int
     live: bool  # false while it is held for its performer to reconnect
+    # Its worker's own viewers in a report; every viewer, on any worker, once merged.
     watching: int
     publisher: str | None = None
     recording: dict | None = None
+    video_codec: str | None = None
+    h264_profile_level_id: str | None = None
+    # Once merged: its viewers on other workers, watching a mirror (stage/links.py).
+    mirrored: int = 0
 
     @property
     def reconnecting(self) -> bool:
@@ -55,6 +61,8 @@ class Report:
     stages: list[Listing]
     connecting: list[str]  # stages whose publish is still connecting
     viewers: int
+    # Viewers here on stages of other workers, by stage id (stage/links.py).
+    mirrored: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -63,6 +71,7 @@ class Report:
                 "stages": [asdict(s) for s in self.stages],
                 "connecting": self.connecting,
                 "viewers": self.viewers,
+                "mirrored": self.mirrored,
             }
         )
 
@@ -74,7 +83,24 @@ class Report:
             stages=[Listing.from_json(s) for s in fields["stages"]],
             connecting=list(fields["connecting"]),
             viewers=int(fields["viewers"]),
+            mirrored=dict(fields.get("mirrored", {})),
         )
+
+
+def merge(reports: list[Report]) -> list[Listing]:
+    """Every worker's stages, each counting its viewers on every worker."""
+    mirrored = Counter()
+    for report in reports:
+        mirrored.update(report.mirrored)
+    return [
+        replace(
+            listing,
+            watching=listing.watching + mirrored[listing.stage_id],
+            mirrored=mirrored[listing.stage_id],
+        )
+        for report in reports
+        for listing in report.stages
+    ]
 
 
 class Directory:
@@ -83,6 +109,10 @@ class Directory:
     def elsewhere(self) -> dict[str, Listing]:
         """Stages live (or held) on other workers, by id."""
         return {}
+
+    def mirrored(self, stage_id: str) -> int:
+        """Viewers of one of this worker's stages who watch it from other workers."""
+        return 0
 
     async def start(self) -> None:
         pass
@@ -101,17 +131,22 @@ class SharedDirectory(Directory):
         lost: Callable[[], None],
     ) -> None:
         """`local` reads this worker's report; `changed` is called with the id of a
-        stage elsewhere whose listing changed; `lost` when the front went away."""
+        stage elsewhere whose listing changed (or that ended); `lost` when the front went away."""
         self.worker = worker
         self.control = control
         self._local = local
         self._changed = changed
         self._lost = lost
         self._others: dict[str, Listing] = {}
+        self._mine: dict[str, Listing] = {}
         self._tasks: list[asyncio.Task] = []
 
     def elsewhere(self) -> dict[str, Listing]:
         return self._others
+
+    def mirrored(self, stage_id: str) -> int:
+        listing = self._mine.get(stage_id)
+        return listing.mirrored if listing else 0
 
     async def start(self) -> None:
         reader, writer = await asyncio.open_unix_connection(self.control)
@@ -139,6 +174,7 @@ class SharedDirectory(Directory):
         try:
             while line := await reader.readline():
                 merged = [Listing.from_json(s) for s in json.loads(line)]
+                self._mine = {s.stage_id: s for s in merged if s.worker == self.worker}
                 self._take(
                     {s.stage_id: s for s in merged if s.worker != self.worker}
                 )

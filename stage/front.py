@@ -130,12 +130,12 @@ class Routes:
         worker's own roulette then choosing among its stages with the same weights.
         """
         cap = self.workers.settings.max_viewers
-        weights = {
-            w: sum(1.0 / (1 + s.watching) for s in w.stages if s.live)
-            for w in self.workers.all
-            if w.ready and w.viewers < cap
-        }
-        offered = {w: weight for w, weight in weights.items() if weight > 0}
+        offered: dict[Worker, float] = {}
+        for listing in self.workers.merged:
+            worker = self.workers.all[listing.worker]
+            if listing.live and worker.ready and worker.viewers < cap:
+                weight = 1.0 / (1 + listing.watching)
+                offered[worker] = offered.get(worker, 0.0) + weight
         if not offered:
             # Nothing live, or every worker full: any worker says which, in its words.
             ready = [w for w in self.workers.all if w.ready]

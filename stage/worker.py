@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 
@@ -19,6 +20,7 @@ from aiohttp import web
 from .appkeys import VENUE
 from .config import from_command_line
 from .directory import Listing, Report, SharedDirectory
+from .links import LinkServer, Mirrors, link_path
 from .server import create_app
 from .venue import Venue
 
@@ -36,11 +38,16 @@ def report(venue: Venue, worker: int) -> Report:
             watching=venue.watching(hub),
             publisher=hub.publisher.id,
             recording=venue.recording_state(hub.stage_id),
+            video_codec=hub.video_codec,
+            h264_profile_level_id=hub.h264_profile_level_id,
         )
         for hub in venue.hubs.values()
     ]
     connecting = {p.stage_id for p in venue.publishers.values()} - set(venue.hubs)
-    return Report(worker, stages, sorted(connecting), len(venue.viewers))
+    mirrored = {
+        stage_id: venue.watching(hub) for stage_id, hub in venue.mirrors.hubs.items()
+    }
+    return Report(worker, stages, sorted(connecting), len(venue.viewers), mirrored)
 
 
 async def serve(index: int, count: int, control: str, path: str, flags) -> None:
@@ -57,11 +64,15 @@ async def serve(index: int, count: int, control: str, path: str, flags) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     venue = app[VENUE]
+    run_dir = os.path.dirname(control)
+    links = LinkServer(venue, link_path(run_dir, index))
+    await links.start()
+    venue.mirrors = Mirrors(run_dir, venue.mirror_ended, venue.mirror_performance)
     directory = SharedDirectory(
         index,
         control,
         local=lambda: report(venue, index),
-        changed=lambda stage_id: venue.bulletin.notify(("stage", stage_id)),
+        changed=venue.elsewhere_changed,
         lost=stop.set,
     )
     venue.directory = directory
@@ -72,6 +83,8 @@ async def serve(index: int, count: int, control: str, path: str, flags) -> None:
     finally:
         await directory.close()
         await runner.cleanup()
+        await links.close()
+        await venue.mirrors.close()
 
 
 def main(argv: list[str]) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import aiohttp
 
 from .config import Settings, as_flags
-from .directory import Listing, Report
+from .directory import Listing, Report, merge
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +84,8 @@ class Workers:
         self.run_dir = run_dir
         self.control_path = run_dir / "control.sock"
         self.all = [Worker(i, run_dir) for i in range(settings.workers)]
+        # Every worker's stages, each counting its viewers on every worker.
+        self.merged: list[Listing] = []
         self._server: asyncio.AbstractServer | None = None
         self._watchers: list[asyncio.Task] = []
         self._stopping = False
@@ -167,7 +169,9 @@ class Workers:
                 worker.report = report
                 worker.serving.set()
                 self._share()
-        except (ConnectionError, ValueError, KeyError, IndexError):
+        except ConnectionError:
+            pass  # a worker that stops closes its end at once
+        except (ValueError, KeyError, IndexError):
             logger.exception("front: a worker's report could not be read")
         finally:
             if worker is not None and worker.control is writer:
@@ -177,8 +181,8 @@ class Workers:
             writer.close()
 
     def _share(self) -> None:
-        merged = [asdict(s) for w in self.all for s in w.stages]
-        line = json.dumps(merged).encode() + b"\n"
+        self.merged = merge([w.report for w in self.all if w.report is not None])
+        line = json.dumps([asdict(s) for s in self.merged]).encode() + b"\n"
         for worker in self.all:
             if worker.control is not None and not worker.control.is_closing():
                 worker.control.write(line)

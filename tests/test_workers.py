@@ -90,7 +90,7 @@ async def until(check, timeout=15.0, what="the condition"):
     raise AssertionError(f"{what} did not come within {timeout} s")
 
 
-async def test_two_stages_run_on_two_workers_until_sigterm(front):
+async def test_two_stages_on_two_workers_next_across_them_until_sigterm(front):
     base = front.base
     publishers, viewers = {}, {}
     async with aiohttp.ClientSession() as http:
@@ -102,10 +102,12 @@ async def test_two_stages_run_on_two_workers_until_sigterm(front):
 
             async def listed():
                 async with http.get(f"{base}/api/stages") as r:
-                    live = {s["id"]: s for s in (await r.json())["stages"]}
-                return live if len(live) == 2 else None
+                    return {s["id"]: s for s in (await r.json())["stages"]}
 
-            await until(listed, what="both stages listed")
+            async def both_listed():
+                return len(await listed()) == 2
+
+            await until(both_listed, what="both stages listed")
 
             # Each stage is carried by its own worker.
             workers = {}
@@ -123,35 +125,63 @@ async def test_two_stages_run_on_two_workers_until_sigterm(front):
                     count=20, where=lambda s, w=width, h=height: s[:2] == (w, h)
                 )
 
-            async def counted():
+            async def counted(expected):
                 live = await listed()
-                return live and all(s["viewers"] == 1 for s in live.values())
+                found = {
+                    n: live[s["id"]]["viewers"]
+                    for n, s in stages.items()
+                    if s["id"] in live
+                }
+                return found == expected
 
-            await until(counted, what="one viewer on each stage in GET /api/stages")
+            await until(
+                lambda: counted({"A": 1, "B": 1}), what="one viewer on each stage"
+            )
 
-            # Next stays on the viewer's worker (README: what is not built), where
-            # no other stage is live.
+            # Next from stage A lands on stage B, carried by the other worker: its
+            # frames come over a link, on the viewer's same connection.
             status, body = await viewers["A"].request("POST", "/next")
-            assert status == 409, (status, body)
-            assert body == {"error": "No other stage is live right now."}
+            assert status == 200, (status, body)
+            assert body["stage"]["id"] == stages["B"]["id"], body
+            moved = asyncio.get_running_loop().time()
+            await viewers["A"].wait_video(
+                count=20, since=moved, where=lambda s: s[:2] == SIZES["B"]
+            )
+            await until(
+                lambda: counted({"A": 0, "B": 2}), what="both viewers counted on B"
+            )
 
-            # Stage A ends with its WHIP DELETE; stage B is still live at SIGTERM.
-            await asyncio.sleep(2)
-            await publishers.pop("A").stop()
+            # Stage B ends: both its viewers, the mirrored one and its own, move on
+            # to stage A, the only one left, each across to the other worker's stage.
             await asyncio.sleep(1)
+            ended = asyncio.get_running_loop().time()
+            await publishers.pop("B").stop()
+            for viewer in viewers.values():
+                await viewer.wait_video(
+                    count=20, since=ended, where=lambda s: s[:2] == SIZES["A"]
+                )
+            await until(
+                lambda: counted({"A": 2}), what="both viewers counted on A"
+            )
+            status, body = await viewers["B"].request("GET")
+            assert body["stage"]["id"] == stages["A"]["id"], body
+            # Stage A is still live, and watched, at SIGTERM.
+            await asyncio.sleep(1)
+            log = await front.stop()
         finally:
             for viewer in viewers.values():
                 await viewer.stop(say_goodbye=False)
             for publisher in publishers.values():
                 await publisher.stop(say_goodbye=False)
 
-    log = await front.stop()
     pids = front.worker_pids
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert "Stage stopping: ending 2 workers" in log, log
+    assert "Stage stopping: ending 1 live stages and 1 visits" in log, log
     assert log.count("Stage stopped: every recording closed") == 2, log
+    assert "Traceback" not in log, log
     assert not list(front.data.rglob(f"*{LIVE_SUFFIX}*")), "a recording was left open"
     for name, stage in stages.items():
         files = [
