@@ -8,7 +8,9 @@ the right one, bodies streamed both ways (event streams stay open):
 - `POST /whip/<stage>`: the worker where the stage is live, held or connecting, else
   the one with the fewest stages; its publisher resource: the worker that answered.
 - `POST /whep/<stage>`: the worker carrying the stage. `POST /whep`: a worker drawn
-  with the roulette's weights (below). A viewer's resource: the worker that made it.
+  with the roulette's weights (below). Either goes to the worker with the fewest
+  viewers instead when that one is full: it mirrors the stage from its worker
+  (stage/links.py). A viewer's resource: the worker that made it.
 - `/api/stages/<id>...`: the stage's worker while it has it. Everything else (pages,
   stage creation, clips, performances): worker 0, the home worker.
 
@@ -89,9 +91,11 @@ class Routes:
                     or self.home
                 )
             case ["whep"] if request.method == "POST":
-                return self._roulette()
+                return self._with_room(self._roulette())
             case ["whep", "viewers", viewer_id, *_]:
                 return self.viewers.get(viewer_id) or self.home
+            case ["whep", stage_id] if request.method == "POST":
+                return self._with_room(self.stage_worker(stage_id) or self.home)
             case ["whep", stage_id] | ["api", "stages", stage_id, *_]:
                 return self.stage_worker(stage_id) or self.home
         return self.home
@@ -129,18 +133,26 @@ class Routes:
         roulette makes it in one process: weight 1/(1+watching) per stage, the
         worker's own roulette then choosing among its stages with the same weights.
         """
-        cap = self.workers.settings.max_viewers
         offered: dict[Worker, float] = {}
         for listing in self.workers.merged:
             worker = self.workers.all[listing.worker]
-            if listing.live and worker.ready and worker.viewers < cap:
+            if listing.live and worker.ready:
                 weight = 1.0 / (1 + listing.watching)
                 offered[worker] = offered.get(worker, 0.0) + weight
         if not offered:
-            # Nothing live, or every worker full: any worker says which, in its words.
-            ready = [w for w in self.workers.all if w.ready]
-            return min(ready, key=lambda w: w.viewers) if ready else self.home
+            return self.home  # it says that nobody is on stage
         return random.choices(list(offered), weights=list(offered.values()))[0]
+
+    def _with_room(self, worker: Worker) -> Worker:
+        """The worker, or if it carries as many viewers as it may, the one with the
+        fewest, which mirrors the stage (stage/links.py). When every worker is full,
+        the worker itself answers 503."""
+        cap = self.workers.settings.max_viewers
+        if worker.viewers < cap:
+            return worker
+        ready = [w for w in self.workers.all if w.ready]
+        roomiest = min(ready, key=lambda w: w.viewers, default=worker)
+        return roomiest if roomiest.viewers < cap else worker
 
     def learn(self, request: web.Request, worker: Worker, response) -> None:
         """Remember where a new publisher or viewer lives, and forget one that left."""

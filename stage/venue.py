@@ -458,28 +458,24 @@ class Venue:
                 retry_after=RETRY_AFTER * 5,
             )
         if stage_id is not None:
-            hub = self.hubs.get(stage_id)
-            if hub is None:
-                raise Conflict(
-                    "This stage is not live right now.", retry_after=RETRY_AFTER
-                )
-            if not self._offered(hub):
-                raise Conflict(
-                    "This stage's performer is reconnecting. Try again in a moment.",
-                    retry_after=RETRY_AFTER,
-                )
+            hub = await self._live_hub(stage_id)
         else:
-            hub = roulette.choose([h for h in self.hubs.values() if self._offered(h)])
+            hub = await self._hub_for(self._first_stage())
             if hub is None:
                 raise Conflict("Nobody is on stage right now.", retry_after=RETRY_AFTER)
-        await hub.publisher.h264_described(SPS_WAIT)
-        viewer, answer = await Viewer.from_offer(
-            visitor,
-            offer,
-            self.ice_servers,
-            hub.video_codec,
-            h264_profile_level_id=hub.h264_profile_level_id,
-        )
+        try:
+            await hub.publisher.h264_described(SPS_WAIT)
+            viewer, answer = await Viewer.from_offer(
+                visitor,
+                offer,
+                self.ice_servers,
+                hub.video_codec,
+                h264_profile_level_id=hub.h264_profile_level_id,
+            )
+        except BaseException:
+            if self.mirrors is not None:
+                self.mirrors.release(hub)
+            raise
         viewer.answer = answer
         self.viewers[viewer.id] = viewer
         viewer.pc.on("connectionstatechange", lambda: self._on_viewer_state(viewer))
@@ -491,6 +487,33 @@ class Venue:
             "viewer %s: joined stage %s", viewer.id, hub.stage_id if hub else None
         )
         return viewer
+
+    async def _live_hub(self, stage_id: str) -> StageHub:
+        """The hub of a stage a viewer asked for: here, or a mirror of another
+        worker's (with several workers, the front sends a viewer elsewhere when the
+        stage's own worker is full)."""
+        hub = self.hubs.get(stage_id)
+        elsewhere = self.directory.elsewhere().get(stage_id)
+        if hub is None and elsewhere is not None and elsewhere.live:
+            hub = await self.mirrors.open(elsewhere)
+        reconnecting = elsewhere is not None and not elsewhere.live
+        if hub is None and not reconnecting:
+            raise Conflict("This stage is not live right now.", retry_after=RETRY_AFTER)
+        if hub is None or not self._offered(hub):
+            raise Conflict(
+                "This stage's performer is reconnecting. Try again in a moment.",
+                retry_after=RETRY_AFTER,
+            )
+        return hub
+
+    def _first_stage(self):
+        """A newcomer's stage: one of this worker's, or else one of another's."""
+        here = roulette.choose([h for h in self.hubs.values() if self._offered(h)])
+        if here is not None or self.mirrors is None:
+            return here
+        return roulette.choose(
+            [s for s in self.directory.elsewhere().values() if s.live]
+        )
 
     async def _run_viewer(self, viewer: Viewer) -> None:
         """End a visit when its connection goes (`_look_after_viewers`: the rest)."""

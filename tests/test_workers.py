@@ -28,8 +28,9 @@ SIZES = {"A": (320, 240), "B": (160, 128)}
 class Front:
     """`python -m stage --workers 2` on a free port, its output kept."""
 
-    def __init__(self, data) -> None:
+    def __init__(self, data, *flags: str) -> None:
         self.data = data
+        self.flags = flags
         self.base = ""
         self.server: asyncio.subprocess.Process | None = None
         self.log = b""
@@ -39,7 +40,7 @@ class Front:
         self.base = f"http://127.0.0.1:{port}"
         self.server = await asyncio.create_subprocess_exec(
             *(sys.executable, "-m", "stage", "--workers", "2", "--port", str(port)),
-            *("--data", str(self.data), "--ice-address", "127.0.0.1"),
+            *("--data", str(self.data), "--ice-address", "127.0.0.1", *self.flags),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )
@@ -269,3 +270,45 @@ async def test_a_worker_that_dies_is_answered_for_and_started_again(front):
             await publisher.stop()
     log = await front.stop()
     assert "worker 1: pid %d ended by itself" % second in log, log
+
+
+async def test_a_full_worker_sends_viewers_to_the_other_until_both_are_full(tmp_path):
+    """Caps are per worker: with one viewer each, a stage's second viewer watches it
+    from the other worker, and a third is told that Stage is full."""
+    front = await Front(tmp_path / "data", "--max-viewers", "1").start()
+    viewers, publisher = [], None
+    try:
+        async with aiohttp.ClientSession() as http:
+            stage = await new_stage(http, front.base, "Packed")
+            publisher = Publisher(front.base, stage["id"], stage["key"])
+            await publisher.start(size=SIZES["B"])
+            for _ in range(2):
+                viewer = Viewer(front.base)
+                viewers.append(viewer)
+                await viewer.start(stage["id"])
+                await viewer.wait_video(count=10, where=lambda s: s[:2] == SIZES["B"])
+                await asyncio.sleep(0.6)  # the workers' reports reach the front
+
+            async def both_counted():
+                async with http.get(f"{front.base}/api/stages/{stage['id']}") as r:
+                    return (await r.json())["viewers"] == 2
+
+            await until(both_counted, what="two viewers, one per worker")
+            async with http.post(
+                f"{front.base}/whep/{stage['id']}",
+                data=await _offer(),
+                headers={"Content-Type": "application/sdp"},
+            ) as r:
+                assert r.status == 503, await r.text()
+                assert await r.json() == {
+                    "error": "Stage is full right now. Try again in a moment."
+                }
+                assert r.headers["Retry-After"] == "15"
+    finally:
+        for viewer in viewers:
+            await viewer.stop(say_goodbye=False)
+        if publisher is not None:
+            await publisher.stop(say_goodbye=False)
+        log = await front.stop()
+        await front.kill()
+    assert "mirrored from worker" in log, log
