@@ -20,6 +20,7 @@ from stage.recorder.files import LIVE_SUFFIX
 
 from .peers import Publisher, Viewer
 from .show import check_file
+from .test_relay import offer_sdp
 from .test_server_stop import free_port
 
 SIZES = {"A": (320, 240), "B": (160, 128)}
@@ -230,23 +231,20 @@ async def test_bad_requests_get_the_same_answers_through_the_front(
     assert fronted == single
 
 
+async def refused(http, url: str) -> tuple[int, dict, str]:
+    """A WHEP offer that is not taken: status, JSON error and Retry-After."""
+    offer = await offer_sdp()
+    headers = {"Content-Type": "application/sdp"}
+    async with http.post(url, data=offer, headers=headers) as r:
+        return r.status, await r.json(), r.headers.get("Retry-After")
+
+
 async def test_nothing_live_anywhere_is_said_as_in_one_process(front, http):
-    offer = await _offer()
-    async with http.post(
-        f"{front.base}/whep", data=offer, headers={"Content-Type": "application/sdp"}
-    ) as r:
-        assert r.status == 409, await r.text()
-        assert await r.json() == {"error": "Nobody is on stage right now."}
-        assert r.headers["Retry-After"] == "3"
-
-
-async def _offer() -> str:
-    viewer = Viewer("")
-    viewer.pc.addTransceiver("video", direction="recvonly")
-    await viewer.pc.setLocalDescription(await viewer.pc.createOffer())
-    offer = viewer.pc.localDescription.sdp
-    await viewer.pc.close()
-    return offer
+    assert await refused(http, f"{front.base}/whep") == (
+        409,
+        {"error": "Nobody is on stage right now."},
+        "3",
+    )
 
 
 async def test_a_worker_that_dies_is_answered_for_and_started_again(front):
@@ -294,16 +292,11 @@ async def test_a_full_worker_sends_viewers_to_the_other_until_both_are_full(tmp_
                     return (await r.json())["viewers"] == 2
 
             await until(both_counted, what="two viewers, one per worker")
-            async with http.post(
-                f"{front.base}/whep/{stage['id']}",
-                data=await _offer(),
-                headers={"Content-Type": "application/sdp"},
-            ) as r:
-                assert r.status == 503, await r.text()
-                assert await r.json() == {
-                    "error": "Stage is full right now. Try again in a moment."
-                }
-                assert r.headers["Retry-After"] == "15"
+            assert await refused(http, f"{front.base}/whep/{stage['id']}") == (
+                503,
+                {"error": "Stage is full right now. Try again in a moment."},
+                "15",
+            )
     finally:
         for viewer in viewers:
             await viewer.stop(say_goodbye=False)

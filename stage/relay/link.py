@@ -23,6 +23,7 @@ import struct
 from collections.abc import Callable
 
 from .frames import MediaFrame
+from .publisher import VideoDescribed
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ class LinkedTrack:
         self.profile_level_id = profile_level_id
 
 
-class LinkedPublisher:
+class LinkedPublisher(VideoDescribed):
     """On the viewer's worker: the stage on the other worker, as its mirror hub sees
     it. Frames arrive by `read`; keyframe requests go back over the link."""
 
@@ -128,16 +129,6 @@ class LinkedPublisher:
             # Frames of a new performance come from a new source: re-anchor.
             self._sources = {}
         self.performance_id = description.get("performance")
-
-    @property
-    def video_codec(self) -> str | None:
-        track = self.tracks.get("video")
-        return track.codec if track else None
-
-    @property
-    def h264_profile_level_id(self) -> str | None:
-        track = self.tracks.get("video")
-        return track.profile_level_id if track else None
 
     async def h264_described(self, timeout: float) -> None:
         """The stage's worker described its SPS profile before linking."""
