@@ -136,6 +136,9 @@ class Workers:
             await self._spawn(worker)
             code = await worker.process.wait()
             self._forget(worker)
+            # Ctrl-C in a terminal reaches the workers as well as this process, which
+            # may learn that it is stopping a moment after they ended.
+            await asyncio.sleep(RESTART_PAUSE)
             if self._stopping:
                 break
             logger.error(
@@ -145,7 +148,6 @@ class Workers:
                 worker.process.pid,
                 code,
             )
-            await asyncio.sleep(RESTART_PAUSE)
 
     def _forget(self, worker: Worker) -> None:
         worker.report = None
