@@ -160,9 +160,10 @@ async def send_events(request: web.Request, topic, read) -> web.StreamResponse:
     )
     await response.prepare(request)
     last = None
-    with request.app[VENUE].bulletin.listen(topic) as changed:
+    bulletin = request.app[VENUE].bulletin
+    with bulletin.listen(topic) as changed:
         try:
-            while True:
+            while not bulletin.closed:
                 try:
                     await asyncio.wait_for(changed.wait(), HEARTBEAT)
                 except TimeoutError:
@@ -170,6 +171,8 @@ async def send_events(request: web.Request, topic, read) -> web.StreamResponse:
                     # dead client shows up as a failed write.
                     await response.write(b": still here\n\n")
                     continue
+                if bulletin.closed:
+                    break  # the server is stopping: pages reconnect to the next one
                 changed.clear()
                 current = json.dumps(read())
                 if current != last:

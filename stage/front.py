@@ -257,11 +257,17 @@ async def workers_lifetime(app: web.Application):
     watching = asyncio.ensure_future(_forget_the_fallen(app))
     await workers.start()
     yield
-    logger.info("Stage stopping: ending %d workers", len(workers.all))
     watching.cancel()
-    await workers.stop()
+    await workers.stop()  # if stop_workers has not
     shutil.rmtree(workers.run_dir, ignore_errors=True)
     logger.info("Stage stopped: every worker ended")
+
+
+async def stop_workers(app: web.Application) -> None:
+    """Stopping waits for every request in progress, and proxied event streams end
+    only when their workers end them: the workers stop first."""
+    logger.info("Stage stopping: ending %d workers", len(app[WORKERS].all))
+    await app[WORKERS].stop()
 
 
 async def _forget_the_fallen(app: web.Application) -> None:
@@ -283,5 +289,6 @@ def create_front(settings: Settings) -> web.Application:
     app[WORKERS] = Workers(settings, run_dir)
     app[ROUTES] = Routes(app[WORKERS])
     app.cleanup_ctx.append(workers_lifetime)
+    app.on_shutdown.append(stop_workers)
     app.router.add_route("*", "/{tail:.*}", proxy)
     return app

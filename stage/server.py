@@ -63,6 +63,7 @@ def create_app(settings: Settings) -> web.Application:
         autoescape=True,
     )
     app.cleanup_ctx.append(venue_lifetime)
+    app.on_shutdown.append(end_event_streams)
     app.cleanup_ctx.append(clips_api.exports_lifetime)
     app.cleanup_ctx.append(allocator.trimming)
     api.add_routes(app.router)
@@ -105,6 +106,12 @@ async def venue_lifetime(app: web.Application):
     await venue.close()
     store.close()
     logger.info("Stage stopped: every recording closed")
+
+
+async def end_event_streams(app: web.Application) -> None:
+    """Stopping waits for every request in progress: a page's event stream would
+    only end at its next heartbeat write that fails, or never."""
+    app[VENUE].bulletin.close()
 
 
 async def page_context(request: web.Request) -> dict:

@@ -8,6 +8,7 @@ the `X-Stage-Worker` header the front adds.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -167,9 +168,13 @@ async def test_two_stages_on_two_workers_next_across_them_until_sigterm(front):
             )
             status, body = await viewers["B"].request("GET")
             assert body["stage"]["id"] == stages["A"]["id"], body
-            # Stage A is still live, and watched, at SIGTERM.
+            # Stage A is still live, and watched, at SIGTERM; its page is open (an
+            # event stream, which must not hold the stop up).
+            page = await http.get(f"{base}/api/stages/{stages['A']['id']}/events")
+            assert (await page.content.readline()).startswith(b"data: ")
             await asyncio.sleep(1)
             log = await front.stop()
+            page.close()
         finally:
             for viewer in viewers.values():
                 await viewer.stop(say_goodbye=False)
@@ -305,3 +310,38 @@ async def test_a_full_worker_sends_viewers_to_the_other_until_both_are_full(tmp_
         log = await front.stop()
         await front.kill()
     assert "mirrored from worker" in log, log
+
+
+async def test_a_stage_page_hears_its_stage_go_live_on_the_other_worker(front):
+    """The events of a stage not yet live come from the home worker: they stream
+    through the front as they are written, and say when the stage went live on the
+    other worker, from the directory."""
+    publishers = []
+    async with aiohttp.ClientSession() as http:
+        first, second = [await new_stage(http, front.base, n) for n in ("X", "Y")]
+        try:
+            publishers.append(
+                await Publisher(front.base, first["id"], first["key"]).start()
+            )
+            url = f"{front.base}/api/stages/{second['id']}/events"
+            async with http.get(url) as events:
+                assert events.headers["X-Stage-Worker"] == "0"
+
+                async def next_event() -> dict:
+                    while True:
+                        line = await asyncio.wait_for(events.content.readline(), 10)
+                        if line.startswith(b"data: "):
+                            return json.loads(line[6:])
+
+                assert (await next_event())["live"] is False
+                publishers.append(
+                    await Publisher(front.base, second["id"], second["key"]).start()
+                )
+                while not (event := await next_event())["live"]:
+                    pass
+                assert event["recording"]["state"] == "recording", event
+            async with http.get(f"{front.base}/api/stages/{second['id']}") as r:
+                assert r.headers["X-Stage-Worker"] == "1"
+        finally:
+            for publisher in publishers:
+                await publisher.stop()
