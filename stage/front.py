@@ -216,10 +216,11 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         response.headers["X-Stage-Worker"] = str(worker.index)
         await response.prepare(request)
         # Chunks as they come: an event stream is written a line at a time, for hours.
+        # Either side may go away meanwhile (a closed page, a worker that died).
         with contextlib.suppress(aiohttp.ClientPayloadError, ConnectionResetError):
             async for chunk in upstream.content.iter_any():
                 await response.write(chunk)
-        await response.write_eof()
+            await response.write_eof()
     return response
 
 
