@@ -17,12 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import re
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,76 +26,41 @@ import aiohttp
 
 from stage.relay.ice import gather_on
 
-from . import machine, netns
+from . import machine
 from .latency import SendLog
 from .publisher import load_loop, publish_whip
-from .servers import ROOT, ViewerProcess, split
+from .servers import ROOT, PythonServer, ViewerProcess, split
 
 SETTLE = 3.0
 
 
-class StageServer:
-    """`python -m stage --workers W`, its log kept to find the workers' pids."""
+def stage_processes(server: PythonServer) -> dict[str, int]:
+    """The pid of each Stage process, by role: the workers are the front's children."""
+    pid = server.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    if not children:
+        return {"single": pid}
+    return {"front": pid, **{f"worker {i}": int(c) for i, c in enumerate(children)}}
 
-    def __init__(self, workers: int, data: str) -> None:
-        self.port = machine.free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log = Path(data) / "server.log"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "stage", "--workers", str(workers)],
-            cwd=ROOT,
-            env={
-                **os.environ,
-                "STAGE_PORT": str(self.port),
-                "STAGE_DATA": data,
-                "STAGE_ICE_ADDRESSES": "127.0.0.1",
-            },
-            stdout=self.log.open("wb"),
-            stderr=subprocess.STDOUT,
-            preexec_fn=netns.die_with_parent,
-        )
 
-    async def ready(self) -> dict[str, int]:
-        """Wait until it serves; the pid of each Stage process, by role."""
-        for _ in range(600):
-            text = self.log.read_text(errors="replace")
-            if "Stage is running" in text:
-                found = re.search(r"workers serving \(pids ([\d, ]+)\)", text)
-                if found is None:
-                    return {"single": self.process.pid}
-                pids = [int(p) for p in found.group(1).split(", ")]
-                return {
-                    "front": self.process.pid,
-                    **{f"worker {i}": pid for i, pid in enumerate(pids)},
-                }
-            if self.process.poll() is not None:
-                break
-            await asyncio.sleep(0.1)
-        raise RuntimeError(f"Stage did not start:\n{self.log.read_text()}")
-
-    async def new_stage(self, name: str) -> dict:
-        async with aiohttp.ClientSession() as http:
-            async with http.post(f"{self.base}/api/stages", json={"name": name}) as r:
-                return await r.json()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+async def new_stage(server: PythonServer, name: str) -> dict:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{server.base}/api/stages", json={"name": name}) as r:
+            return await r.json()
 
 
 async def one_round(workers: int, args, frames) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-workers-") as data:
-        server = StageServer(workers, data)
+        server = PythonServer(
+            "stage",
+            ["-m", "stage", "--workers", str(workers), "--data", data]
+            + ["--ice-address", "127.0.0.1", "--log-level", "WARNING"],
+        )
         published, groups = [], []
         try:
-            pids = await server.ready()
-            for name in ("One", "Two"):
-                stage = await server.new_stage(name)
+            await server.ready()  # it made a first stage
+            pids = stage_processes(server)
+            for stage in (server.stage, await new_stage(server, "Two")):
                 published.append(await publish_whip(server.base, stage, frames, SendLog()))
                 for count in split(args.viewers, 10):
                     groups.append(
