@@ -473,14 +473,14 @@ class Venue:
                 h264_profile_level_id=hub.h264_profile_level_id,
             )
         except BaseException:
-            if self.mirrors is not None:
-                self.mirrors.release(hub)
+            self._release(hub)
             raise
         viewer.answer = answer
         self.viewers[viewer.id] = viewer
         viewer.pc.on("connectionstatechange", lambda: self._on_viewer_state(viewer))
         if not self._offered(hub) or not self._fits(viewer, hub):
-            hub = await self._hub_for(self._choose(viewer))
+            first, hub = hub, await self._hub_for(self._choose(viewer))
+            self._release(first)
         self._move(viewer, hub)
         self._look_after(viewer)
         logger.info(
@@ -589,6 +589,8 @@ class Venue:
         hub = await self._hub_for(self._choose(viewer, exclude=current))
         if hub is None:
             raise Conflict("No other stage is live right now.", retry_after=RETRY_AFTER)
+        if viewer_id not in self.viewers:  # it left while its stage was mirrored
+            self._release(hub)
         self._move(self.viewer(viewer_id), hub)
         return hub
 
@@ -654,6 +656,13 @@ class Venue:
         hub = await self.mirrors.open(listing)
         if hub is not None and viewer.hub is None and viewer.id in self.viewers:
             self._move(viewer, hub)
+        elif hub is not None:
+            self._release(hub)  # seated meanwhile, or gone
+
+    def _release(self, hub: StageHub | None) -> None:
+        """Close the hub if it is a mirror that nobody here watches."""
+        if hub is not None and self.mirrors is not None:
+            self.mirrors.release(hub)
 
     # stages of other workers (only with several workers)
 
