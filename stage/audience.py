@@ -97,6 +97,7 @@ class Audience:
         if "connected" not in columns:
             self._db.execute("ALTER TABLE watches ADD COLUMN connected INTEGER")
         largest = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM watches")
+        self._lane = lane
         index, self._id_step = lane
         first = largest.fetchone()[0] + 1
         self._next_id = first + (index - first) % self._id_step
@@ -234,16 +235,18 @@ class Audience:
         self.flush()
         self._db.close()
 
-    def close_interrupted(self) -> int:
-        """After a crash: end the watches left open at the last moment we vouch for."""
+    def close_interrupted(self, lane_only: bool = False) -> int:
+        """After a crash: end the watches left open at the last moment we vouch for
+        (with `lane_only`, only this lane's: one worker of several died)."""
         row = self._db.execute(
             "SELECT at FROM audience_marks WHERE name='flushed'"
         ).fetchone()
         at = row["at"] if row else None
+        index, step = self._lane if lane_only else (0, 1)
         cursor = self._db.execute(
             "UPDATE watches SET ended_at=MAX(started_at, COALESCE(?, started_at)),"
-            " ended_by=? WHERE ended_at IS NULL",
-            (at, BY_SERVER),
+            " ended_by=? WHERE ended_at IS NULL AND id % ? = ?",
+            (at, BY_SERVER, step, index),
         )
         if cursor.rowcount:
             logger.info("audience: %d watches ended by a restart", cursor.rowcount)

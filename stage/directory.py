@@ -38,6 +38,7 @@ class Listing:
     # Its worker's own viewers in a report; every viewer, on any worker, once merged.
     watching: int
     publisher: str | None = None
+    performance: str | None = None
     recording: dict | None = None
     video_codec: str | None = None
     h264_profile_level_id: str | None = None

@@ -37,6 +37,7 @@ from .config import Settings
 from .server import hide_tokens_in_access_log
 from .store import Store
 from .venue import Venue
+from .directory import Report
 from .workers import Worker, Workers
 
 logger = logging.getLogger(__name__)
@@ -239,16 +240,31 @@ def _unavailable(worker: Worker, status: int = 503) -> web.Response:
     )
 
 
-async def recover(settings: Settings) -> None:
-    """Finish the recordings a crash left, once, before any worker starts."""
+async def recover(
+    settings: Settings, only: set[str] | None = None, lane=(0, 1)
+) -> None:
+    """Finish the recordings a crash left: all, once, before any worker starts; or
+    `only` those performances, and the visits of the lane of one worker that died."""
     settings.data.mkdir(parents=True, exist_ok=True)
     store = Store(settings.database, settings.view_seconds)
-    venue = Venue(store, settings.data, settings.ice_servers, settings.max_viewers)
+    venue = Venue(
+        store, settings.data, settings.ice_servers, settings.max_viewers, lane=lane
+    )
     try:
-        await venue.recover()
+        await venue.recover(only)
     finally:
         await venue.audience.close()
         store.close()
+
+
+def after_crash(settings: Settings):
+    async def close_its_shows(report: Report) -> None:
+        """A worker died: its shows ended with it, and their recordings stop there."""
+        only = {s.performance for s in report.stages if s.performance}
+        await recover(settings, only, lane=(report.worker, settings.workers))
+        logger.info("worker %d: %d shows it left closed", report.worker, len(only))
+
+    return close_its_shows
 
 
 async def workers_lifetime(app: web.Application):
@@ -287,7 +303,7 @@ def create_front(settings: Settings) -> web.Application:
     hide_tokens_in_access_log()
     app = web.Application()
     run_dir = Path(tempfile.mkdtemp(prefix="stage-workers-"))
-    app[WORKERS] = Workers(settings, run_dir)
+    app[WORKERS] = Workers(settings, run_dir, after_crash(settings))
     app[ROUTES] = Routes(app[WORKERS])
     app.cleanup_ctx.append(workers_lifetime)
     app.on_shutdown.append(stop_workers)

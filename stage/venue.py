@@ -420,16 +420,26 @@ class Venue:
     def _relative(self, path: Path) -> str:
         return str(path.relative_to(self.data))
 
-    async def recover(self) -> None:
-        """After a crash: finish the live files left behind and close what was open."""
-        self.audience.close_interrupted()
-        rows = {p.recording_path: p for p in self.store.unfinished_performances()}
+    async def recover(self, only: set[str] | None = None) -> None:
+        """After a crash: finish the live files left behind and close what was open.
+
+        With `only` (performance ids), after one worker of several died: just its
+        performances, recordings and visits (its lane of watch ids); the other
+        workers' shows go on.
+        """
+        self.audience.close_interrupted(lane_only=only is not None)
+        rows = {
+            p.recording_path: p
+            for p in self.store.unfinished_performances()
+            if only is None or p.id in only
+        }
         loop = asyncio.get_running_loop()
         for live in sorted(self.data.glob(f"*/*{LIVE_SUFFIX}.*")):
+            recorded = self._relative(live).replace(LIVE_SUFFIX, "")
+            if only is not None and recorded not in rows:
+                continue  # another worker is writing it
             finished = await loop.run_in_executor(None, finish, live)
-            row = rows.pop(
-                self._relative(finished.path or live).replace(LIVE_SUFFIX, ""), None
-            )
+            row = rows.pop(recorded, None)
             logger.info("recording %s recovered: %.1f s", live.name, finished.duration)
             if row is None:
                 continue
@@ -447,7 +457,8 @@ class Venue:
             self.store.end_performance(row.id, row.started_at)
             if row.recording_state in ("recording", "finishing"):
                 self.store.set_recording(row.id, state="empty", size=0)
-        self.store.close_interrupted(time.time())
+        if only is None:
+            self.store.close_interrupted(time.time())
 
     # viewers
 

@@ -37,6 +37,7 @@ def report(venue: Venue, worker: int) -> Report:
             live=not venue.reconnecting(hub.stage_id),
             watching=venue.watching(hub),
             publisher=hub.publisher.id,
+            performance=venue.performance_id(hub),
             recording=venue.recording_state(hub.stage_id),
             video_codec=hub.video_codec,
             h264_profile_level_id=hub.h264_profile_level_id,

@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 from dataclasses import asdict
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -48,6 +49,7 @@ class Worker:
         self.process: asyncio.subprocess.Process | None = None
         self.http: aiohttp.ClientSession | None = None
         self.report: Report | None = None  # None until it serves, and once it is gone
+        self.last_report: Report | None = None  # kept when it is gone
         self.control: asyncio.StreamWriter | None = None
         self.serving = asyncio.Event()
 
@@ -79,8 +81,15 @@ class Worker:
 
 
 class Workers:
-    def __init__(self, settings: Settings, run_dir: Path) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        run_dir: Path,
+        after_crash: Callable[[Report], Awaitable[None]],
+    ) -> None:
+        """`after_crash` is given the last report of a worker that died."""
         self.settings = settings
+        self._after_crash = after_crash
         self.run_dir = run_dir
         self.control_path = run_dir / "control.sock"
         self.all = [Worker(i, run_dir) for i in range(settings.workers)]
@@ -148,6 +157,14 @@ class Workers:
                 worker.process.pid,
                 code,
             )
+            if worker.last_report is not None:
+                try:
+                    await self._after_crash(worker.last_report)
+                except Exception:
+                    logger.exception(
+                        "worker %d: its shows could not be closed", worker.index
+                    )
+                worker.last_report = None
 
     def _forget(self, worker: Worker) -> None:
         worker.report = None
@@ -168,7 +185,7 @@ class Workers:
                 report = Report.from_json(line)
                 worker = self.all[report.worker]
                 worker.control = writer
-                worker.report = report
+                worker.report = worker.last_report = report
                 worker.serving.set()
                 self._share()
         except ConnectionError:

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import sys
 
 import aiohttp
@@ -252,27 +253,56 @@ async def test_nothing_live_anywhere_is_said_as_in_one_process(front, http):
     )
 
 
-async def test_a_worker_that_dies_is_answered_for_and_started_again(front):
+async def test_a_worker_that_dies_has_its_shows_closed_and_is_started_again(front):
+    """SIGKILL to worker 1: the front closes the show it carried (its recording
+    finished, its visits ended) and starts it again; worker 0's show goes on."""
+    peers = []
     async with aiohttp.ClientSession() as http:
-        stage = await new_stage(http, front.base, "Short Lived")
-        first, second = front.worker_pids
-        os.kill(second, signal.SIGKILL)
-
-        async def restarted():
-            line = await front.server.stdout.readline()
-            front.log += line
-            return b"worker 1: serving" in line
-
-        await until(restarted, timeout=30, what="worker 1 started again")
-        # Worker 1 takes the next new stage again, and the home worker still answers.
-        publisher = await Publisher(front.base, stage["id"], stage["key"]).start()
+        stays, dies = [await new_stage(http, front.base, n) for n in ("Stays", "Dies")]
         try:
-            async with http.get(f"{front.base}/api/stages/{stage['id']}") as r:
-                assert r.status == 200
+            for stage in (stays, dies):
+                peers.append(
+                    await Publisher(front.base, stage["id"], stage["key"]).start()
+                )
+            async with http.get(f"{front.base}/api/stages/{dies['id']}") as r:
+                assert r.headers["X-Stage-Worker"] == "1"
+            peers.append(await Viewer(front.base).start(dies["id"]))
+            await peers[-1].wait_video(count=30)
+            await asyncio.sleep(1)  # a flush of the visit and of the recording
+
+            first, second = front.worker_pids
+            os.kill(second, signal.SIGKILL)
+
+            async def restarted():
+                line = await asyncio.wait_for(front.server.stdout.readline(), 30)
+                front.log += line
+                return b"worker 1: serving" in line
+
+            await until(restarted, timeout=30, what="worker 1 started again")
+            async with http.get(f"{front.base}/api/stages") as r:
+                live = [s["id"] for s in (await r.json())["stages"]]
+            assert live == [stays["id"]], live
+            # Worker 0's recording was left alone: it is still being written.
+            assert list((front.data / stays["id"]).glob(f"*{LIVE_SUFFIX}*"))
         finally:
-            await publisher.stop()
+            for peer in peers:
+                await peer.stop(say_goodbye=False)
     log = await front.stop()
-    assert "worker 1: pid %d ended by itself" % second in log, log
+    assert f"worker 1: pid {second} ended by itself" in log, log
+    assert "worker 1: 1 shows it left closed" in log, log
+
+    with sqlite3.connect(front.data / "stage.db") as db:
+        (state, ended), *_ = db.execute(
+            "SELECT recording_state, ended_at FROM performances WHERE stage_id=?",
+            (dies["id"],),
+        ).fetchall()
+        open_visits = db.execute(
+            "SELECT COUNT(*) FROM watches WHERE ended_at IS NULL"
+        ).fetchone()[0]
+    assert (state, ended is not None) == ("ready", True), (state, ended)
+    assert open_visits == 0
+    (recording,) = (front.data / dies["id"]).iterdir()
+    assert check_file(recording).counts.get("video", 0) > 20
 
 
 async def test_a_full_worker_sends_viewers_to_the_other_until_both_are_full(tmp_path):
