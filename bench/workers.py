@@ -61,7 +61,8 @@ async def one_round(workers: int, args, frames) -> dict:
             await server.ready()  # it made a first stage
             pids = stage_processes(server)
             for stage in (server.stage, await new_stage(server, "Two")):
-                published.append(await publish_whip(server.base, stage, frames, SendLog()))
+                publisher = await publish_whip(server.base, stage, frames, SendLog())
+                published.append(publisher)
                 for count in split(args.viewers, 10):
                     groups.append(
                         await ViewerProcess.start(
@@ -121,7 +122,9 @@ def summarise(rounds: dict) -> None:
         total = sum(cpu.values())
         fps = statistics.median(x["fps_median"] for x in results)
         shown = ", ".join(f"{r} {c:.0f}%" for r, c in cpu.items())
-        print(f"--workers {workers}: {shown} (all {total:.0f}%); viewers' fps {fps:.1f}")
+        print(
+            f"--workers {workers}: {shown} (all {total:.0f}%); viewers' fps {fps:.1f}"
+        )
 
 
 def main() -> None:

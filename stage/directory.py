@@ -132,7 +132,8 @@ class SharedDirectory(Directory):
         lost: Callable[[], None],
     ) -> None:
         """`local` reads this worker's report; `changed` is called with the id of a
-        stage elsewhere whose listing changed (or that ended); `lost` when the front went away."""
+        stage elsewhere whose listing changed (or that ended); `lost` when the front
+        went away."""
         self.worker = worker
         self.control = control
         self._local = local

@@ -15,7 +15,8 @@ the right one, bodies streamed both ways (event streams stay open):
   stage creation, clips, performances): worker 0, the home worker.
 
 Every proxied response says which worker answered in `X-Stage-Worker`. A request for a
-worker that is down gets 503 with a sentence; the worker is started again.
+worker that is down gets 503 with a sentence; the front closes the shows it carried
+(their recordings finished) and starts it again.
 """
 
 from __future__ import annotations
@@ -34,10 +35,10 @@ import aiohttp
 from aiohttp import web
 
 from .config import Settings
+from .directory import Report
 from .server import hide_tokens_in_access_log
 from .store import Store
 from .venue import Venue
-from .directory import Report
 from .workers import Worker, Workers
 
 logger = logging.getLogger(__name__)

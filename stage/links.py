@@ -87,7 +87,9 @@ class LinkServer:
                 hub.unsubscribe(kind, sender)
             keyframes.cancel()
             logger.info(
-                "stage %s: link closed (%d frames dropped)", hub.stage_id, sender.dropped
+                "stage %s: link closed (%d frames dropped)",
+                hub.stage_id,
+                sender.dropped,
             )
 
     async def _keyframes(self, reader: asyncio.StreamReader, hub: StageHub) -> None:
