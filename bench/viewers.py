@@ -215,13 +215,14 @@ class BenchViewer:
         self.video_type = int(VP8.search(sdp).group(1))
         self.arrivals.watch(video, self.video_type)
 
-    async def watch_whep(self, base: str) -> None:
+    async def watch_whep(self, base: str, stage: str | None = None) -> None:
+        """Watch over WHEP: the roulette's stage, or `stage`."""
         self.pc.addTransceiver("audio", direction="recvonly")
         self.pc.addTransceiver("video", direction="recvonly")
         await self.pc.setLocalDescription(await self.pc.createOffer())
         async with aiohttp.ClientSession() as http:
             async with http.post(
-                f"{base}/whep",
+                f"{base}/whep" + (f"/{stage}" if stage else ""),
                 data=self.pc.localDescription.sdp,
                 headers={"Content-Type": "application/sdp"},
             ) as r:
@@ -363,7 +364,7 @@ async def watch(viewer: BenchViewer, args) -> None:
     if args.janus:
         await viewer.watch_janus(args.janus, args.feed)
     else:
-        await viewer.watch_whep(args.whep)
+        await viewer.watch_whep(args.whep, args.stage)
 
 
 async def main(args) -> None:
@@ -420,6 +421,7 @@ if __name__ == "__main__":
     where.add_argument("--whep", metavar="BASE")
     where.add_argument("--janus", metavar="URL")
     parser.add_argument("--feed", type=int)
+    parser.add_argument("--stage", help="watch this stage (WHEP), not the roulette's")
     parser.add_argument("--decoders", type=int, default=0)
     parser.add_argument(
         "--light",

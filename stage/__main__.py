@@ -8,6 +8,7 @@ import sys
 from aiohttp import web
 
 from .config import from_command_line
+from .front import create_front
 from .server import create_app
 
 
@@ -23,7 +24,11 @@ def main(argv: list[str] | None = None) -> None:
     # aiortc and aioice log every packet and check at INFO/DEBUG: keep them quiet.
     for noisy in ("aiortc", "aioice"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    app = create_app(settings)
+    if settings.workers > 1:
+        # Several processes behind this one, each on its own core (stage/front.py).
+        app = create_front(settings)
+    else:
+        app = create_app(settings)
     address = f"http://{settings.host}:{settings.port}/"
 
     def listening(_: str) -> None:

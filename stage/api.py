@@ -79,9 +79,21 @@ async def live_stages(request: web.Request) -> web.Response:
     # A stage held for its performer to reconnect is not offered to newcomers.
     hubs = [h for h in venue.hubs.values() if not venue.reconnecting(h.stage_id)]
     stages = [
-        {"id": h.stage_id, "name": h.name, "live": True, "viewers": venue.watching(h)}
-        for h in sorted(hubs, key=lambda h: h.name.lower())
+        {
+            "id": h.stage_id,
+            "name": h.name,
+            "live": True,
+            "viewers": venue.watching_everywhere(h),
+        }
+        for h in hubs
     ]
+    # With several workers, the stages the others carry (stage/directory.py).
+    stages += [
+        {"id": s.stage_id, "name": s.name, "live": True, "viewers": s.watching}
+        for s in venue.directory.elsewhere().values()
+        if s.live and s.stage_id not in venue.hubs
+    ]
+    stages.sort(key=lambda s: s["name"].lower())
     return web.json_response({"stages": stages})
 
 
@@ -95,6 +107,8 @@ def _last_recording(app: web.Application, stage: StageRecord) -> dict | None:
 def stage_summary(app: web.Application, stage: StageRecord) -> dict:
     venue = app[VENUE]
     hub = venue.hubs.get(stage.id)
+    if hub is None and stage.id in venue.directory.elsewhere():
+        return _summary_elsewhere(app, stage, venue.directory.elsewhere()[stage.id])
     reconnecting = venue.reconnecting(stage.id)
     return {
         "id": stage.id,
@@ -102,7 +116,7 @@ def stage_summary(app: web.Application, stage: StageRecord) -> dict:
         # Held for its performer to come back, a stage is not live (README.md).
         "live": hub is not None and not reconnecting,
         "reconnecting": reconnecting,
-        "viewers": venue.watching(hub) if hub else 0,
+        "viewers": venue.watching_everywhere(hub) if hub else 0,
         "views": venue.audience.stage_views(stage.id),
         "recording": venue.recording_state(stage.id),
         # What became of the last show's recording, so that a performer who ended it
@@ -110,6 +124,21 @@ def stage_summary(app: web.Application, stage: StageRecord) -> dict:
         "last_recording": _last_recording(app, stage),
         # Lets a performer's page see that another connection took the stage over.
         "publisher": hub.publisher.id if hub else None,
+    }
+
+
+def _summary_elsewhere(app: web.Application, stage: StageRecord, listing) -> dict:
+    """A stage another worker carries, as that worker last reported it."""
+    return {
+        "id": stage.id,
+        "name": stage.name,
+        "live": listing.live,
+        "reconnecting": listing.reconnecting,
+        "viewers": listing.watching,
+        "views": app[VENUE].audience.stage_views(stage.id),
+        "recording": listing.recording,
+        "last_recording": _last_recording(app, stage),
+        "publisher": listing.publisher,
     }
 
 
@@ -131,9 +160,10 @@ async def send_events(request: web.Request, topic, read) -> web.StreamResponse:
     )
     await response.prepare(request)
     last = None
-    with request.app[VENUE].bulletin.listen(topic) as changed:
+    bulletin = request.app[VENUE].bulletin
+    with bulletin.listen(topic) as changed:
         try:
-            while True:
+            while not bulletin.closed:
                 try:
                     await asyncio.wait_for(changed.wait(), HEARTBEAT)
                 except TimeoutError:
@@ -141,6 +171,8 @@ async def send_events(request: web.Request, topic, read) -> web.StreamResponse:
                     # dead client shows up as a failed write.
                     await response.write(b": still here\n\n")
                     continue
+                if bulletin.closed:
+                    break  # the server is stopping: pages reconnect to the next one
                 changed.clear()
                 current = json.dumps(read())
                 if current != last:

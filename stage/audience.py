@@ -12,7 +12,9 @@ they read is the whole truth up to that moment. A killed server loses at most th
 interval of joins and leaves; the open watches it left are ended at the last moment a
 flush vouched for (see `close_interrupted`).
 
-One process writes the watch rows: ids are handed out here, from the largest stored.
+Ids are handed out here, from the largest stored. With several worker processes
+(stage/front.py) each writes its own rows, and each takes its own lane of ids: worker
+i of n hands out only ids equal to i modulo n, so two never pick the same one.
 """
 
 from __future__ import annotations
@@ -80,7 +82,9 @@ class Watch:
 
 
 class Audience:
-    def __init__(self, path: Path, view_seconds: float) -> None:
+    def __init__(
+        self, path: Path, view_seconds: float, lane: tuple[int, int] = (0, 1)
+    ) -> None:
         self.view_seconds = view_seconds
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
@@ -92,10 +96,11 @@ class Audience:
             self._db.execute("ALTER TABLE watches ADD COLUMN ended_by TEXT")
         if "connected" not in columns:
             self._db.execute("ALTER TABLE watches ADD COLUMN connected INTEGER")
-        self._next_id = (
-            self._db.execute("SELECT COALESCE(MAX(id), 0) FROM watches").fetchone()[0]
-            + 1
-        )
+        largest = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM watches")
+        self._lane = lane
+        index, self._id_step = lane
+        first = largest.fetchone()[0] + 1
+        self._next_id = first + (index - first) % self._id_step
         self._last_at = 0.0
         # Not yet written: new rows by id, ends of rows already written, and rows
         # already written whose viewer's connection has come up since.
@@ -122,7 +127,7 @@ class Audience:
     ) -> int:
         """A visit begins; it counts as watching once its viewer is `connected`."""
         watch_id = self._next_id
-        self._next_id += 1
+        self._next_id += self._id_step
         self._new[watch_id] = [
             watch_id,
             performance_id,
@@ -230,16 +235,18 @@ class Audience:
         self.flush()
         self._db.close()
 
-    def close_interrupted(self) -> int:
-        """After a crash: end the watches left open at the last moment we vouch for."""
+    def close_interrupted(self, lane_only: bool = False) -> int:
+        """After a crash: end the watches left open at the last moment we vouch for
+        (with `lane_only`, only this lane's: one worker of several died)."""
         row = self._db.execute(
             "SELECT at FROM audience_marks WHERE name='flushed'"
         ).fetchone()
         at = row["at"] if row else None
+        index, step = self._lane if lane_only else (0, 1)
         cursor = self._db.execute(
             "UPDATE watches SET ended_at=MAX(started_at, COALESCE(?, started_at)),"
-            " ended_by=? WHERE ended_at IS NULL",
-            (at, BY_SERVER),
+            " ended_by=? WHERE ended_at IS NULL AND id % ? = ?",
+            (at, BY_SERVER, step, index),
         )
         if cursor.rowcount:
             logger.info("audience: %d watches ended by a restart", cursor.rowcount)

@@ -15,6 +15,14 @@ from collections.abc import Hashable, Iterator
 class Bulletin:
     def __init__(self) -> None:
         self._listeners: dict[Hashable, set[asyncio.Event]] = defaultdict(set)
+        # Set when the server stops: listeners are woken to end their streams.
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+        for listeners in self._listeners.values():
+            for event in listeners:
+                event.set()
 
     def notify(self, topic: Hashable) -> None:
         for event in self._listeners.get(topic, ()):

@@ -16,7 +16,7 @@ from urllib.parse import quote
 import aiohttp_jinja2
 from aiohttp import web
 
-from .appkeys import STORE, VENUE
+from .appkeys import SETTINGS, STORE, VENUE
 from .clip_exports import ClipExports
 from .errors import BadRequest, Conflict, NotFound
 from .recorder import clips
@@ -49,7 +49,11 @@ async def exports_lifetime(app: web.Application):
     store, data = app[STORE], app[VENUE].data
     exports = ClipExports(store, data)
     app[EXPORTS] = exports
-    for clip in store.unfinished_clips():
+    # With several workers, the front sends every clip request to worker 0: only it
+    # takes up the clips a crash interrupted.
+    worker = app[SETTINGS].extra.get("worker")
+    resumed = store.unfinished_clips() if worker is None or worker[0] == 0 else []
+    for clip in resumed:
         performance = store.performance(clip.performance_id)
         recording = _recording_file(data, performance) if performance else None
         if recording is None:

@@ -26,6 +26,9 @@ class Settings:
     max_viewers: int = 200
     # Most stages one server carries live at once; past it, new publishers get 503.
     max_stages: int = 100
+    # Processes that carry the stages (1: this process alone). With more, this process
+    # is a thin front that proxies to them (stage/front.py); the caps are per process.
+    workers: int = 1
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -37,6 +40,8 @@ class Settings:
             raise ValueError("the viewer cap must be at least 1")
         if self.max_stages < 1:
             raise ValueError("the stage cap must be at least 1")
+        if self.workers < 1:
+            raise ValueError("there must be at least 1 worker")
         for url in self.ice_servers:
             if not url.startswith(("stun:", "turn:", "turns:")):
                 raise ValueError(
@@ -66,6 +71,8 @@ _OPTIONS = (
      "new viewers get 503"),
     ("max_stages", "STAGE_MAX_STAGES", int, "stages live at once; past it new "
      "publishers get 503"),
+    ("workers", "STAGE_WORKERS", int, "processes that carry the stages, each on "
+     "its own core; caps are per process"),
 )
 # Repeatable flags, or a comma list in the environment: setting, flag, environment
 # variable, what one value is, what none means.
@@ -127,3 +134,14 @@ def from_command_line(argv: list[str] | None = None, env=os.environ) -> Settings
         },
         extra={"log_level": args.log_level.upper()},
     )
+
+
+def as_flags(settings: Settings) -> list[str]:
+    """Flags that give `from_command_line` these settings back (for a worker)."""
+    flags = []
+    for name, *_ in _OPTIONS:
+        flags += ["--" + name.replace("_", "-"), str(getattr(settings, name))]
+    for name, flag, *_ in _LISTS:
+        for value in getattr(settings, name):
+            flags += [flag, value]
+    return flags + ["--log-level", settings.extra.get("log_level", "INFO")]

@@ -63,6 +63,7 @@ def create_app(settings: Settings) -> web.Application:
         autoescape=True,
     )
     app.cleanup_ctx.append(venue_lifetime)
+    app.on_shutdown.append(end_event_streams)
     app.cleanup_ctx.append(clips_api.exports_lifetime)
     app.cleanup_ctx.append(allocator.trimming)
     api.add_routes(app.router)
@@ -79,14 +80,19 @@ async def venue_lifetime(app: web.Application):
     settings.data.mkdir(parents=True, exist_ok=True)
     gather_on(settings.ice_addresses)
     store = Store(settings.database, settings.view_seconds)
+    # A worker behind the front (stage/worker.py) is one of several writing the
+    # database; the front finished what a crash left, once, before starting them.
+    worker = settings.extra.get("worker")
     venue = Venue(
         store,
         settings.data,
         settings.ice_servers,
         settings.max_viewers,
         max_stages=settings.max_stages,
+        lane=worker or (0, 1),
     )
-    await venue.recover()
+    if worker is None:
+        await venue.recover()
     venue.audience.start()
     app[STORE] = store
     app[VENUE] = venue
@@ -100,6 +106,12 @@ async def venue_lifetime(app: web.Application):
     await venue.close()
     store.close()
     logger.info("Stage stopped: every recording closed")
+
+
+async def end_event_streams(app: web.Application) -> None:
+    """Stopping waits for every request in progress: a page's event stream would
+    only end at its next heartbeat write that fails, or never."""
+    app[VENUE].bulletin.close()
 
 
 async def page_context(request: web.Request) -> dict:

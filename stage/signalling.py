@@ -167,7 +167,7 @@ def viewer_summary(venue, viewer) -> dict:
         "stage": {
             "id": hub.stage_id,
             "name": hub.name,
-            "viewers": venue.watching(hub),
+            "viewers": venue.watching_everywhere(hub),
             # The performer was lost and the stage waits for them: the picture is
             # frozen until they are back, or the viewer is moved on.
             "reconnecting": venue.reconnecting(hub.stage_id),
@@ -194,7 +194,7 @@ async def viewer_events(request: web.Request) -> web.StreamResponse:
 
 async def next_stage(request: web.Request) -> web.Response:
     venue = request.app[VENUE]
-    venue.next(request.match_info["viewer"])
+    await venue.next(request.match_info["viewer"])
     viewer = venue.viewer(request.match_info["viewer"])
     return web.json_response(viewer_summary(venue, viewer))
 

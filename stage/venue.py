@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .audience import BY_SERVER, BY_SHOW, BY_VIEWER, UNCONNECTED, Audience
 from .bulletin import Bulletin
+from .directory import Directory
 from .errors import Conflict, Full, NotFound
 from .recorder.files import LIVE_SUFFIX, finish
 from .recorder.recording import Recording
@@ -76,6 +77,7 @@ class Venue:
         ice_servers: tuple[str, ...],
         max_viewers: int,
         max_stages: int = 100,
+        lane: tuple[int, int] = (0, 1),
     ) -> None:
         self.store = store
         self.data = data
@@ -83,7 +85,12 @@ class Venue:
         self.max_viewers = max_viewers
         self.max_stages = max_stages
         self.bulletin = Bulletin()
-        self.audience = Audience(store.path, store.view_seconds)
+        self.audience = Audience(store.path, store.view_seconds, lane)
+        # With several workers (stage/front.py): the stages the others carry, and
+        # mirrors of those this worker's viewers watch (stage/links.py). One process
+        # has neither.
+        self.directory = Directory()
+        self.mirrors = None
         self.hubs: dict[str, StageHub] = {}
         self.performances: dict[str, Performance] = {}  # by stage id
         self.publishers: dict[str, Publisher] = {}  # every publisher not yet gone
@@ -254,7 +261,10 @@ class Venue:
 
     def reconnecting(self, stage_id: str) -> bool:
         """Whether the stage is held for its performer to come back."""
-        return stage_id in self.held
+        if stage_id in self.held:
+            return True
+        elsewhere = self.directory.elsewhere().get(stage_id)
+        return elsewhere is not None and not elsewhere.live
 
     async def unpublish(self, stage_id: str, publisher_id: str) -> None:
         publisher = self.publishers.get(publisher_id)
@@ -291,9 +301,7 @@ class Venue:
         hub.end()
         logger.info("stage %s: ended, moving %d viewers on", hub.stage_id, hub.watching)
         for viewer in list(hub.viewers):
-            self._move(
-                viewer, self._choose(viewer, exclude=hub.stage_id), ended_by=BY_SHOW
-            )
+            self._move_on(viewer, exclude=hub.stage_id, ended_by=BY_SHOW)
         await self._close_performance(
             hub.stage_id, self._take_performance(hub.stage_id, ended_at)
         )
@@ -393,6 +401,13 @@ class Venue:
             )
         self.bulletin.notify(("stage", stage_id))
 
+    def performance_id(self, hub: StageHub) -> str | None:
+        """The performance a hub's viewers are watching, here or on its own worker."""
+        if self.mirrors is not None and self.mirrors.mirrors(hub):
+            return hub.publisher.performance_id
+        performance = self.performances.get(hub.stage_id)
+        return performance.id if performance is not None else None
+
     def recording_state(self, stage_id: str) -> dict | None:
         performance = self.performances.get(stage_id)
         if performance is None:
@@ -405,16 +420,26 @@ class Venue:
     def _relative(self, path: Path) -> str:
         return str(path.relative_to(self.data))
 
-    async def recover(self) -> None:
-        """After a crash: finish the live files left behind and close what was open."""
-        self.audience.close_interrupted()
-        rows = {p.recording_path: p for p in self.store.unfinished_performances()}
+    async def recover(self, only: set[str] | None = None) -> None:
+        """After a crash: finish the live files left behind and close what was open.
+
+        With `only` (performance ids), after one worker of several died: just its
+        performances, recordings and visits (its lane of watch ids); the other
+        workers' shows go on.
+        """
+        self.audience.close_interrupted(lane_only=only is not None)
+        rows = {
+            p.recording_path: p
+            for p in self.store.unfinished_performances()
+            if only is None or p.id in only
+        }
         loop = asyncio.get_running_loop()
         for live in sorted(self.data.glob(f"*/*{LIVE_SUFFIX}.*")):
+            recorded = self._relative(live).replace(LIVE_SUFFIX, "")
+            if only is not None and recorded not in rows:
+                continue  # another worker is writing it
             finished = await loop.run_in_executor(None, finish, live)
-            row = rows.pop(
-                self._relative(finished.path or live).replace(LIVE_SUFFIX, ""), None
-            )
+            row = rows.pop(recorded, None)
             logger.info("recording %s recovered: %.1f s", live.name, finished.duration)
             if row is None:
                 continue
@@ -432,7 +457,8 @@ class Venue:
             self.store.end_performance(row.id, row.started_at)
             if row.recording_state in ("recording", "finishing"):
                 self.store.set_recording(row.id, state="empty", size=0)
-        self.store.close_interrupted(time.time())
+        if only is None:
+            self.store.close_interrupted(time.time())
 
     # viewers
 
@@ -443,39 +469,62 @@ class Venue:
                 retry_after=RETRY_AFTER * 5,
             )
         if stage_id is not None:
-            hub = self.hubs.get(stage_id)
-            if hub is None:
-                raise Conflict(
-                    "This stage is not live right now.", retry_after=RETRY_AFTER
-                )
-            if not self._offered(hub):
-                raise Conflict(
-                    "This stage's performer is reconnecting. Try again in a moment.",
-                    retry_after=RETRY_AFTER,
-                )
+            hub = await self._live_hub(stage_id)
         else:
-            hub = roulette.choose([h for h in self.hubs.values() if self._offered(h)])
+            hub = await self._hub_for(self._first_stage())
             if hub is None:
                 raise Conflict("Nobody is on stage right now.", retry_after=RETRY_AFTER)
-        await hub.publisher.h264_described(SPS_WAIT)
-        viewer, answer = await Viewer.from_offer(
-            visitor,
-            offer,
-            self.ice_servers,
-            hub.video_codec,
-            h264_profile_level_id=hub.h264_profile_level_id,
-        )
+        try:
+            await hub.publisher.h264_described(SPS_WAIT)
+            viewer, answer = await Viewer.from_offer(
+                visitor,
+                offer,
+                self.ice_servers,
+                hub.video_codec,
+                h264_profile_level_id=hub.h264_profile_level_id,
+            )
+        except BaseException:
+            self._release(hub)
+            raise
         viewer.answer = answer
         self.viewers[viewer.id] = viewer
         viewer.pc.on("connectionstatechange", lambda: self._on_viewer_state(viewer))
         if not self._offered(hub) or not self._fits(viewer, hub):
-            hub = self._choose(viewer)
+            first, hub = hub, await self._hub_for(self._choose(viewer))
+            self._release(first)
         self._move(viewer, hub)
         self._look_after(viewer)
         logger.info(
             "viewer %s: joined stage %s", viewer.id, hub.stage_id if hub else None
         )
         return viewer
+
+    async def _live_hub(self, stage_id: str) -> StageHub:
+        """The hub of a stage a viewer asked for: here, or a mirror of another
+        worker's (with several workers, the front sends a viewer elsewhere when the
+        stage's own worker is full)."""
+        hub = self.hubs.get(stage_id)
+        elsewhere = self.directory.elsewhere().get(stage_id)
+        if hub is None and elsewhere is not None and elsewhere.live:
+            hub = await self.mirrors.open(elsewhere)
+        reconnecting = elsewhere is not None and not elsewhere.live
+        if hub is None and not reconnecting:
+            raise Conflict("This stage is not live right now.", retry_after=RETRY_AFTER)
+        if hub is None or not self._offered(hub):
+            raise Conflict(
+                "This stage's performer is reconnecting. Try again in a moment.",
+                retry_after=RETRY_AFTER,
+            )
+        return hub
+
+    def _first_stage(self):
+        """A newcomer's stage: one of this worker's, or else one of another's."""
+        here = roulette.choose([h for h in self.hubs.values() if self._offered(h)])
+        if here is not None or self.mirrors is None:
+            return here
+        return roulette.choose(
+            [s for s in self.directory.elsewhere().values() if s.live]
+        )
 
     async def _run_viewer(self, viewer: Viewer) -> None:
         """End a visit when its connection goes (`_look_after_viewers`: the rest)."""
@@ -529,8 +578,15 @@ class Venue:
             self._announce(viewer.hub)
 
     def watching(self, hub: StageHub) -> int:
-        """Viewers on the stage now whose connection came up."""
+        """Viewers on the stage now whose connection came up (on this worker)."""
         return sum(1 for viewer in hub.viewers if viewer.id in self.came_up)
+
+    def watching_everywhere(self, hub: StageHub) -> int:
+        """Viewers on the stage now whose connection came up, on every worker."""
+        if self.hubs.get(hub.stage_id) is hub:
+            return self.watching(hub) + self.directory.mirrored(hub.stage_id)
+        elsewhere = self.directory.elsewhere().get(hub.stage_id)
+        return elsewhere.watching if elsewhere else self.watching(hub)
 
     def viewer(self, viewer_id: str) -> Viewer:
         viewer = self.viewers.get(viewer_id)
@@ -538,13 +594,15 @@ class Venue:
             raise NotFound("This viewer does not exist or has left.")
         return viewer
 
-    def next(self, viewer_id: str) -> StageHub:
+    async def next(self, viewer_id: str) -> StageHub:
         viewer = self.viewer(viewer_id)
         current = viewer.hub.stage_id if viewer.hub else None
-        hub = self._choose(viewer, exclude=current)
+        hub = await self._hub_for(self._choose(viewer, exclude=current))
         if hub is None:
             raise Conflict("No other stage is live right now.", retry_after=RETRY_AFTER)
-        self._move(viewer, hub)
+        if viewer_id not in self.viewers:  # it left while its stage was mirrored
+            self._release(hub)
+        self._move(self.viewer(viewer_id), hub)
         return hub
 
     async def leave(self, viewer_id: str, ended_by: str = BY_VIEWER) -> None:
@@ -574,13 +632,75 @@ class Venue:
 
     def _offered(self, hub: StageHub) -> bool:
         # A held stage shows a frozen picture: newcomers and Next go elsewhere.
-        return not hub.ended and hub.stage_id not in self.held
+        return not hub.ended and not self.reconnecting(hub.stage_id)
 
-    def _choose(self, viewer: Viewer, exclude: str | None = None) -> StageHub | None:
+    def _choose(self, viewer: Viewer, exclude: str | None = None):
+        """A live stage for the viewer: a hub here, or the listing of a stage another
+        worker carries (`_hub_for` mirrors it), or None."""
         candidates = [
             h for h in self.hubs.values() if self._offered(h) and self._fits(viewer, h)
         ]
+        if self.mirrors is not None:
+            candidates += [
+                listing
+                for listing in self.directory.elsewhere().values()
+                if listing.live and self._fits(viewer, listing)
+            ]
         return roulette.choose(candidates, current=exclude, recent=tuple(viewer.recent))
+
+    async def _hub_for(self, chosen) -> StageHub | None:
+        """The hub of what `_choose` chose: a stage elsewhere is mirrored here."""
+        if chosen is None or isinstance(chosen, StageHub):
+            return chosen
+        return await self.mirrors.open(chosen)
+
+    def _move_on(self, viewer: Viewer, exclude: str, ended_by: str) -> None:
+        """Move a viewer whose stage ended to another one, maybe on another worker."""
+        chosen = self._choose(viewer, exclude=exclude)
+        if chosen is None or isinstance(chosen, StageHub):
+            self._move(viewer, chosen, ended_by)
+            return
+        self._move(viewer, None, ended_by)
+        self._spawn(self._seat_elsewhere(viewer, chosen))
+
+    async def _seat_elsewhere(self, viewer: Viewer, listing) -> None:
+        hub = await self.mirrors.open(listing)
+        if hub is not None and viewer.hub is None and viewer.id in self.viewers:
+            self._move(viewer, hub)
+        elif hub is not None:
+            self._release(hub)  # seated meanwhile, or gone
+
+    def _release(self, hub: StageHub | None) -> None:
+        """Close the hub if it is a mirror that nobody here watches."""
+        if hub is not None and self.mirrors is not None:
+            self.mirrors.release(hub)
+
+    # stages of other workers (only with several workers)
+
+    def elsewhere_changed(self, stage_id: str) -> None:
+        """The directory's listing of a stage on another worker changed."""
+        self.bulletin.notify(("stage", stage_id))
+        mirror = self.mirrors.hubs.get(stage_id)
+        if mirror is not None:
+            self._announce(mirror)
+        listing = self.directory.elsewhere().get(stage_id)
+        if listing is None or not listing.live:
+            return
+        for viewer in self.viewers.values():
+            if viewer.hub is None and self._fits(viewer, listing):
+                self._spawn(self._seat_elsewhere(viewer, listing))
+
+    def mirror_ended(self, hub: StageHub) -> None:
+        """A stage this worker mirrored ended on its own: move its viewers on."""
+        for viewer in list(hub.viewers):
+            self._move_on(viewer, exclude=hub.stage_id, ended_by=BY_SHOW)
+
+    def mirror_performance(self, hub: StageHub) -> None:
+        """A mirrored stage's performer came back: its viewers watch a new show."""
+        for viewer in hub.viewers:
+            self._end_watch(viewer, BY_SHOW)
+            self._start_watch(viewer, hub)
+        self._announce(hub)
 
     def _move(
         self, viewer: Viewer, hub: StageHub | None, ended_by: str = BY_VIEWER
@@ -593,6 +713,8 @@ class Venue:
             self._announce(hub)
         if old is not None and old is not hub:
             self._announce(old)
+            if self.mirrors is not None and not old.viewers:
+                self.mirrors.release(old)
         self.bulletin.notify(("viewer", viewer.id))
 
     def _announce(self, hub: StageHub) -> None:
@@ -609,10 +731,10 @@ class Venue:
     # Counting touches memory only; the audience writes the rows in batches.
 
     def _start_watch(self, viewer: Viewer, hub: StageHub) -> None:
-        performance = self.performances.get(hub.stage_id)
-        if performance is not None:
+        performance_id = self.performance_id(hub)
+        if performance_id is not None:
             viewer.watch_id = self.audience.open_watch(
-                performance.id, viewer.visitor, connected=viewer.id in self.came_up
+                performance_id, viewer.visitor, connected=viewer.id in self.came_up
             )
 
     def _end_watch(self, viewer: Viewer, ended_by: str) -> None:

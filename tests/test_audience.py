@@ -593,3 +593,31 @@ async def test_killed_server_keeps_counts_and_ends_open_watches_before_the_kill(
     assert ended <= killed_at, f"ended {ended - killed_at:.2f} s after the kill: {rows}"
     # The flush that wrote the other viewer's leave vouched for a later moment.
     assert ended >= left_at - 0.1, f"ended {left_at - ended:.2f} s before: {rows}"
+
+
+async def test_two_workers_hand_out_watch_ids_that_never_meet(tmp_path):
+    """Each worker writes its own watch rows: lanes of ids keep them apart."""
+    from stage.audience import Audience
+    from stage.store import Store
+
+    store = Store(tmp_path / "stage.db", 3.0)
+    stage, _ = store.create_stage("Lanes")
+    performance = store.start_performance(stage.id, time.time())
+    first = Audience(store.path, 3.0, lane=(0, 2))
+    second = Audience(store.path, 3.0, lane=(1, 2))
+    ids = [
+        audience.open_watch(performance, f"v{n}")
+        for n in range(5)
+        for audience in (first, second)
+    ]
+    first.flush()
+    second.flush()
+    late = Audience(store.path, 3.0, lane=(1, 2))  # worker 1, started again
+    ids.append(late.open_watch(performance, "v9"))
+    late.flush()
+    assert len(set(ids)) == len(ids), ids
+    assert {i % 2 for i in ids[:10:2]} == {0}
+    assert {i % 2 for i in ids[1:10:2] + ids[10:]} == {1}
+    for audience in (first, second, late):
+        await audience.close()
+    store.close()

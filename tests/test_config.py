@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from stage.config import Settings, from_command_line
+from stage.config import Settings, as_flags, from_command_line
 
 
 def test_no_flags_and_no_environment_give_the_documented_defaults():
@@ -76,3 +76,20 @@ def test_help_says_what_each_flag_does():
         "repeatable (STAGE_ICE_SERVERS, comma list; default: none)",
     ):
         assert words in text, text
+
+
+def test_a_worker_gets_the_same_settings_from_the_flags_it_is_given():
+    settings = from_command_line(
+        ["--port", "9000", "--workers", "2", "--ice-address", "127.0.0.1"],
+        env={"STAGE_ICE_SERVERS": "stun:stun.example.org", "STAGE_LOG_LEVEL": "debug"},
+    )
+    assert settings.workers == 2
+    again = from_command_line(as_flags(settings), env={})
+    assert again == settings
+    assert again.extra == settings.extra
+
+
+def test_workers_come_from_the_environment_and_must_be_at_least_one():
+    assert from_command_line([], env={"STAGE_WORKERS": "3"}).workers == 3
+    with pytest.raises(ValueError, match="at least 1 worker"):
+        from_command_line(["--workers", "0"], env={})

@@ -146,7 +146,23 @@ class PublishedTrack:
         return seconds + (timestamp - counted) / self.clock_rate
 
 
-class Publisher:
+class VideoDescribed:
+    """What a stage hub and its viewers read of a publisher's video track."""
+
+    tracks: dict
+
+    @property
+    def video_codec(self) -> str | None:
+        track = self.tracks.get("video")
+        return track.codec if track else None
+
+    @property
+    def h264_profile_level_id(self) -> str | None:
+        track = self.tracks.get("video")
+        return track.profile_level_id if track else None
+
+
+class Publisher(VideoDescribed):
     def __init__(self, stage_id: str, pc: RTCPeerConnection) -> None:
         self.id = secrets.token_hex(8)
         self.stage_id = stage_id
@@ -274,16 +290,6 @@ class Publisher:
             self.want_keyframe()
         else:
             self.request_keyframe()
-
-    @property
-    def video_codec(self) -> str | None:
-        track = self.tracks.get("video")
-        return track.codec if track else None
-
-    @property
-    def h264_profile_level_id(self) -> str | None:
-        track = self.tracks.get("video")
-        return track.profile_level_id if track else None
 
     async def h264_described(self, timeout: float) -> None:
         """Wait (at most `timeout`) until an H.264 stream's first SPS has been seen.

@@ -1,0 +1,312 @@
+"""The front: with `--workers N`, the public address, proxying to N worker processes.
+
+One event loop writes every viewer's packets, so one process uses one core. With more
+workers, each carries its own stages on its own core (stage/worker.py) and this process
+only finishes what a crash left (once), starts the workers and passes each request to
+the right one, bodies streamed both ways (event streams stay open):
+
+- `POST /whip/<stage>`: the worker where the stage is live, held or connecting, else
+  the one with the fewest stages; its publisher resource: the worker that answered.
+- `POST /whep/<stage>`: the worker carrying the stage. `POST /whep`: a worker drawn
+  with the roulette's weights (below). Either goes to the worker with the fewest
+  viewers instead when that one is full: it mirrors the stage from its worker
+  (stage/links.py). A viewer's resource: the worker that made it.
+- `/api/stages/<id>...`: the stage's worker while it has it. Everything else (pages,
+  stage creation, clips, performances): worker 0, the home worker.
+
+Every proxied response says which worker answered in `X-Stage-Worker`. A request for a
+worker that is down gets 503 with a sentence; the front closes the shows it carried
+(their recordings finished) and starts it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import re
+import shutil
+import tempfile
+from collections import OrderedDict
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from .config import Settings
+from .directory import Report
+from .server import hide_tokens_in_access_log
+from .store import Store
+from .venue import Venue
+from .workers import Worker, Workers
+
+logger = logging.getLogger(__name__)
+
+WORKERS = web.AppKey("workers", Workers)
+ROUTES = web.AppKey("routes", "Routes")
+
+# Headers about one hop of a connection, not about the message (RFC 9110 7.6.1).
+HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+}
+# Viewers and publishers remembered for routing. One that leaves without a DELETE is
+# only forgotten when this many newer ones pushed it out.
+REMEMBERED = 100_000
+# A stage whose publish was just answered stays with that worker this long, until
+# the worker's report names it (connecting, then live).
+PLACED_FOR = 40.0
+RETRY_AFTER = 3
+
+LOCATION = re.compile(r"^/(whip/[^/]+/publishers|whep/viewers)/([^/?#]+)")
+
+
+class Routes:
+    """Which worker a request goes to."""
+
+    def __init__(self, workers: Workers) -> None:
+        self.workers = workers
+        self.viewers: OrderedDict[str, Worker] = OrderedDict()
+        self.publishers: OrderedDict[str, Worker] = OrderedDict()
+        self.placed: dict[str, tuple[Worker, float]] = {}
+
+    @property
+    def home(self) -> Worker:
+        return self.workers.all[0]
+
+    def worker_for(self, request: web.Request) -> Worker:
+        parts = request.path.strip("/").split("/")
+        match parts:
+            case ["whip", stage_id]:
+                return self.stage_worker(stage_id) or self._fewest_stages()
+            case ["whip", stage_id, "publishers", publisher_id, *_]:
+                return (
+                    self.publishers.get(publisher_id)
+                    or self.stage_worker(stage_id)
+                    or self.home
+                )
+            case ["whep"] if request.method == "POST":
+                return self._with_room(self._roulette())
+            case ["whep", "viewers", viewer_id, *_]:
+                return self.viewers.get(viewer_id) or self.home
+            case ["whep", stage_id] if request.method == "POST":
+                return self._with_room(self.stage_worker(stage_id) or self.home)
+            case ["whep", stage_id] | ["api", "stages", stage_id, *_]:
+                return self.stage_worker(stage_id) or self.home
+        return self.home
+
+    def stage_worker(self, stage_id: str) -> Worker | None:
+        for worker in self.workers.all:
+            if worker.carries(stage_id):
+                return worker
+        placed = self.placed.get(stage_id)
+        if placed is not None:
+            worker, at = placed
+            if asyncio.get_running_loop().time() - at < PLACED_FOR:
+                return worker
+            del self.placed[stage_id]
+        return None
+
+    def _fewest_stages(self) -> Worker:
+        # A new stage goes where the fewest are: that is how a second process takes
+        # its own stages. If even that one is full, it answers 503 itself.
+        ready = [w for w in self.workers.all if w.ready] or self.workers.all
+        return min(ready, key=self._busy)
+
+    def _busy(self, worker: Worker) -> int:
+        """Stages live or connecting on the worker, with those it has just been given
+        and not yet reported."""
+        unreported = [
+            stage_id
+            for stage_id, (placed, _) in self.placed.items()
+            if placed is worker and not worker.carries(stage_id)
+        ]
+        return worker.busy + len(unreported)
+
+    def _roulette(self) -> Worker:
+        """A worker drawn so that each live stage everywhere is as likely as the
+        roulette makes it in one process: weight 1/(1+watching) per stage, the
+        worker's own roulette then choosing among its stages with the same weights.
+        """
+        offered: dict[Worker, float] = {}
+        for listing in self.workers.merged:
+            worker = self.workers.all[listing.worker]
+            if listing.live and worker.ready:
+                weight = 1.0 / (1 + listing.watching)
+                offered[worker] = offered.get(worker, 0.0) + weight
+        if not offered:
+            return self.home  # it says that nobody is on stage
+        return random.choices(list(offered), weights=list(offered.values()))[0]
+
+    def _with_room(self, worker: Worker) -> Worker:
+        """The worker, or if it carries as many viewers as it may, the one with the
+        fewest, which mirrors the stage (stage/links.py). When every worker is full,
+        the worker itself answers 503."""
+        cap = self.workers.settings.max_viewers
+        if worker.viewers < cap:
+            return worker
+        ready = [w for w in self.workers.all if w.ready]
+        roomiest = min(ready, key=lambda w: w.viewers, default=worker)
+        return roomiest if roomiest.viewers < cap else worker
+
+    def learn(self, request: web.Request, worker: Worker, response) -> None:
+        """Remember where a new publisher or viewer lives, and forget one that left."""
+        if request.method == "POST" and response.status == 201:
+            found = LOCATION.match(response.headers.get("Location", ""))
+            if found is None:
+                return
+            kind, resource = found.groups()
+            remembered = self.viewers if kind == "whep/viewers" else self.publishers
+            remembered[resource] = worker
+            if len(remembered) > REMEMBERED:
+                remembered.popitem(last=False)
+            if kind != "whep/viewers":
+                stage_id = kind.split("/")[1]
+                self.placed[stage_id] = (worker, asyncio.get_running_loop().time())
+        elif request.method == "DELETE" and response.status == 200:
+            parts = request.path.strip("/").split("/")
+            self.viewers.pop(parts[-1], None)
+            self.publishers.pop(parts[-1], None)
+
+    def forget(self, worker: Worker) -> None:
+        """A worker went down: its viewers and publishers went with it."""
+        for remembered in (self.viewers, self.publishers):
+            for resource in [r for r, w in remembered.items() if w is worker]:
+                del remembered[resource]
+        for stage_id in [s for s, (w, _) in self.placed.items() if w is worker]:
+            del self.placed[stage_id]
+
+
+async def proxy(request: web.Request) -> web.StreamResponse:
+    routes = request.app[ROUTES]
+    worker = routes.worker_for(request)
+    if not worker.ready or worker.http is None:
+        return _unavailable(worker)
+
+    headers = [
+        (key, value)
+        for key, value in request.headers.items()
+        if key.lower() not in HOP_BY_HOP
+    ]
+    headers.append(("X-Forwarded-For", request.remote or ""))
+    try:
+        upstream = await worker.http.request(
+            request.method,
+            f"http://worker{request.path_qs}",
+            headers=headers,
+            data=request.content if request.body_exists else None,
+            allow_redirects=False,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
+        )
+    except (aiohttp.ClientError, OSError):
+        logger.warning("front: worker %d did not answer", worker.index, exc_info=True)
+        return _unavailable(worker, status=502)
+
+    async with upstream:
+        routes.learn(request, worker, upstream)
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        for key, value in upstream.headers.items():
+            if key.lower() not in HOP_BY_HOP:
+                response.headers.add(key, value)
+        response.headers["X-Stage-Worker"] = str(worker.index)
+        await response.prepare(request)
+        # Chunks as they come: an event stream is written a line at a time, for hours.
+        # Either side may go away meanwhile (a closed page, a worker that died).
+        with contextlib.suppress(aiohttp.ClientPayloadError, ConnectionResetError):
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+    return response
+
+
+def _unavailable(worker: Worker, status: int = 503) -> web.Response:
+    return web.json_response(
+        {
+            "error": "This part of Stage is starting again after a failure. "
+            "Try again in a moment."
+        },
+        status=status,
+        headers={
+            "Retry-After": str(RETRY_AFTER),
+            "Access-Control-Allow-Origin": "*",
+            "X-Stage-Worker": str(worker.index),
+        },
+    )
+
+
+async def recover(
+    settings: Settings, only: set[str] | None = None, lane=(0, 1)
+) -> None:
+    """Finish the recordings a crash left: all, once, before any worker starts; or
+    `only` those performances, and the visits of the lane of one worker that died."""
+    settings.data.mkdir(parents=True, exist_ok=True)
+    store = Store(settings.database, settings.view_seconds)
+    venue = Venue(
+        store, settings.data, settings.ice_servers, settings.max_viewers, lane=lane
+    )
+    try:
+        await venue.recover(only)
+    finally:
+        await venue.audience.close()
+        store.close()
+
+
+def after_crash(settings: Settings):
+    async def close_its_shows(report: Report) -> None:
+        """A worker died: its shows ended with it, and their recordings stop there."""
+        only = {s.performance for s in report.stages if s.performance}
+        await recover(settings, only, lane=(report.worker, settings.workers))
+        logger.info("worker %d: %d shows it left closed", report.worker, len(only))
+
+    return close_its_shows
+
+
+async def workers_lifetime(app: web.Application):
+    settings = app[WORKERS].settings
+    await recover(settings)
+    workers = app[WORKERS]
+    watching = asyncio.ensure_future(_forget_the_fallen(app))
+    await workers.start()
+    yield
+    watching.cancel()
+    await workers.stop()  # if stop_workers has not
+    shutil.rmtree(workers.run_dir, ignore_errors=True)
+    logger.info("Stage stopped: every worker ended")
+
+
+async def stop_workers(app: web.Application) -> None:
+    """Stopping waits for every request in progress, and proxied event streams end
+    only when their workers end them: the workers stop first."""
+    logger.info("Stage stopping: ending %d workers", len(app[WORKERS].all))
+    await app[WORKERS].stop()
+
+
+async def _forget_the_fallen(app: web.Application) -> None:
+    """Drop the routes of a worker that went down, so its ids get a plain 404."""
+    routes, workers = app[ROUTES], app[WORKERS]
+    was_ready = {w: False for w in workers.all}
+    while True:
+        await asyncio.sleep(0.5)
+        for worker in workers.all:
+            if was_ready[worker] and not worker.ready:
+                routes.forget(worker)
+            was_ready[worker] = worker.ready
+
+
+def create_front(settings: Settings) -> web.Application:
+    hide_tokens_in_access_log()
+    app = web.Application()
+    run_dir = Path(tempfile.mkdtemp(prefix="stage-workers-"))
+    app[WORKERS] = Workers(settings, run_dir, after_crash(settings))
+    app[ROUTES] = Routes(app[WORKERS])
+    app.cleanup_ctx.append(workers_lifetime)
+    app.on_shutdown.append(stop_workers)
+    app.router.add_route("*", "/{tail:.*}", proxy)
+    return app
