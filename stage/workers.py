@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
 
 # A worker not serving this long after it was started is taken to have failed.
 START_TIMEOUT = 60.0
+# A stage whose publish the front has just had answered counts as the worker's this
+# long at most, until the worker's report names it (connecting, then live).
+PLACED_FOR = 40.0
 # A worker that ended by itself is started again after this pause.
 RESTART_PAUSE = 1.0
 # On stop, a worker has this long to close its shows and recordings before it is killed.
@@ -42,6 +45,10 @@ def _finding_stage() -> dict:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
 
 
+def _named(report: Report) -> set[str]:
+    return {s.stage_id for s in report.stages} | set(report.connecting)
+
+
 class Worker:
     def __init__(self, index: int, run_dir: Path) -> None:
         self.index = index
@@ -52,6 +59,8 @@ class Worker:
         self.last_report: Report | None = None  # kept when it is gone
         self.control: asyncio.StreamWriter | None = None
         self.serving = asyncio.Event()
+        # Stages the front has just given it, by when, until a report names them.
+        self.placed: dict[str, float] = {}
 
     @property
     def ready(self) -> bool:
@@ -62,18 +71,37 @@ class Worker:
         return self.report.stages if self.report else []
 
     def carries(self, stage_id: str) -> bool:
-        """Whether the stage is live, held or connecting here."""
+        """Whether the stage is live, held or connecting here, by the last report."""
         report = self.report
-        return report is not None and (
-            any(s.stage_id == stage_id for s in report.stages)
-            or stage_id in report.connecting
-        )
+        return report is not None and stage_id in _named(report)
 
-    @property
-    def busy(self) -> int:
-        """Stages live or connecting here: what the stage cap counts."""
+    def place(self, stage_id: str, now: float) -> None:
+        """The front has just given the worker a stage that its reports may not name
+        yet (a publish answered between two reports)."""
+        for old in [s for s, at in self.placed.items() if now - at >= PLACED_FOR]:
+            del self.placed[old]
+        if not self.carries(stage_id):
+            self.placed[stage_id] = now
+
+    def has_placed(self, stage_id: str, now: float) -> bool:
+        at = self.placed.get(stage_id)
+        return at is not None and now - at < PLACED_FOR
+
+    def busy(self, now: float) -> int:
+        """Stages live or connecting here (what the stage cap counts), with those
+        just given to it and not reported yet."""
         report = self.report
-        return len(report.stages) + len(report.connecting) if report else 0
+        reported = len(report.stages) + len(report.connecting) if report else 0
+        return reported + sum(1 for at in self.placed.values() if now - at < PLACED_FOR)
+
+    def took(self, report: Report) -> None:
+        """A report came: from now on it says what the worker carries. A placed stage
+        it names needs no stand-in any more, even once it ends (a show that ended
+        must not weigh on where new stages go)."""
+        self.report = self.last_report = report
+        named = _named(report)
+        for stage_id in [s for s in self.placed if s in named]:
+            del self.placed[stage_id]
 
     @property
     def viewers(self) -> int:
@@ -137,6 +165,9 @@ class Workers:
         worker.http = aiohttp.ClientSession(
             connector=aiohttp.UnixConnector(str(worker.socket), limit=0),
             auto_decompress=False,
+            # Cookies belong to each client (a dashboard session, a visitor id): the
+            # front passes them through both ways and must keep none of its own.
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
 
     async def _keep_running(self, worker: Worker) -> None:
@@ -185,7 +216,7 @@ class Workers:
                 report = Report.from_json(line)
                 worker = self.all[report.worker]
                 worker.control = writer
-                worker.report = worker.last_report = report
+                worker.took(report)
                 worker.serving.set()
                 self._share()
         except ConnectionError:
