@@ -12,6 +12,10 @@ from collections import defaultdict
 from collections.abc import Hashable, Iterator
 
 
+# The topic of a listener that hears of every change (a worker's report to the front).
+ANY = "any change"
+
+
 class Bulletin:
     def __init__(self) -> None:
         self._listeners: dict[Hashable, set[asyncio.Event]] = defaultdict(set)
@@ -26,6 +30,8 @@ class Bulletin:
 
     def notify(self, topic: Hashable) -> None:
         for event in self._listeners.get(topic, ()):
+            event.set()
+        for event in self._listeners.get(ANY, ()):
             event.set()
 
     @contextlib.contextmanager

@@ -21,10 +21,15 @@ from collections.abc import Callable
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 
+from .bulletin import ANY, Bulletin
+
 logger = logging.getLogger(__name__)
 
-# A worker's report reaches the front at most this often, however busy its stages.
+# A worker's report goes to the front as soon as its venue announces a change, and
+# otherwise is looked at this often (a change no page hears of: a publish connecting).
 REPORT_INTERVAL = 0.25
+# However busy its stages (a hundred viewers arriving), reports are this far apart.
+REPORT_GAP = 0.05
 
 
 @dataclass(frozen=True)
@@ -128,15 +133,17 @@ class SharedDirectory(Directory):
         worker: int,
         control: str,
         local: Callable[[], Report],
+        bulletin: Bulletin,
         changed: Callable[[str], None],
         lost: Callable[[], None],
     ) -> None:
-        """`local` reads this worker's report; `changed` is called with the id of a
-        stage elsewhere whose listing changed (or that ended); `lost` when the front
-        went away."""
+        """`local` reads this worker's report, again whenever the venue's `bulletin`
+        announces a change; `changed` is called with the id of a stage elsewhere
+        whose listing changed (or that ended); `lost` when the front went away."""
         self.worker = worker
         self.control = control
         self._local = local
+        self._bulletin = bulletin
         self._changed = changed
         self._lost = lost
         self._others: dict[str, Listing] = {}
@@ -158,15 +165,24 @@ class SharedDirectory(Directory):
         ]
 
     async def _report(self, writer: asyncio.StreamWriter) -> None:
+        # Reported at once, so that the front does not place a new stage by where a
+        # show that just ended was.
         last = None
         try:
-            while True:
-                line = self._local().to_json()
-                if line != last:
-                    writer.write(line.encode() + b"\n")
-                    await writer.drain()
-                    last = line
-                await asyncio.sleep(REPORT_INTERVAL)
+            with self._bulletin.listen(ANY) as changed:
+                while True:
+                    changed.clear()
+                    line = self._local().to_json()
+                    if line != last:
+                        writer.write(line.encode() + b"\n")
+                        await writer.drain()
+                        last = line
+                    await asyncio.sleep(REPORT_GAP)
+                    with contextlib.suppress(TimeoutError):
+                        # Not wait_for: in 3.11 it can swallow a cancellation that
+                        # comes as the event is set, and close() would wait forever.
+                        async with asyncio.timeout(REPORT_INTERVAL):
+                            await changed.wait()
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:

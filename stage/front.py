@@ -60,9 +60,6 @@ HOP_BY_HOP = {
 # Viewers and publishers remembered for routing. One that leaves without a DELETE is
 # only forgotten when this many newer ones pushed it out.
 REMEMBERED = 100_000
-# A stage whose publish was just answered stays with that worker this long, until
-# the worker's report names it (connecting, then live).
-PLACED_FOR = 40.0
 RETRY_AFTER = 3
 
 LOCATION = re.compile(r"^/(whip/[^/]+/publishers|whep/viewers)/([^/?#]+)")
@@ -75,7 +72,6 @@ class Routes:
         self.workers = workers
         self.viewers: OrderedDict[str, Worker] = OrderedDict()
         self.publishers: OrderedDict[str, Worker] = OrderedDict()
-        self.placed: dict[str, tuple[Worker, float]] = {}
 
     @property
     def home(self) -> Worker:
@@ -106,29 +102,18 @@ class Routes:
         for worker in self.workers.all:
             if worker.carries(stage_id):
                 return worker
-        placed = self.placed.get(stage_id)
-        if placed is not None:
-            worker, at = placed
-            if asyncio.get_running_loop().time() - at < PLACED_FOR:
+        now = asyncio.get_running_loop().time()
+        for worker in self.workers.all:
+            if worker.has_placed(stage_id, now):
                 return worker
-            del self.placed[stage_id]
         return None
 
     def _fewest_stages(self) -> Worker:
         # A new stage goes where the fewest are: that is how a second process takes
         # its own stages. If even that one is full, it answers 503 itself.
         ready = [w for w in self.workers.all if w.ready] or self.workers.all
-        return min(ready, key=self._busy)
-
-    def _busy(self, worker: Worker) -> int:
-        """Stages live or connecting on the worker, with those it has just been given
-        and not yet reported."""
-        unreported = [
-            stage_id
-            for stage_id, (placed, _) in self.placed.items()
-            if placed is worker and not worker.carries(stage_id)
-        ]
-        return worker.busy + len(unreported)
+        now = asyncio.get_running_loop().time()
+        return min(ready, key=lambda worker: worker.busy(now))
 
     def _roulette(self) -> Worker:
         """A worker drawn so that each live stage everywhere is as likely as the
@@ -169,7 +154,7 @@ class Routes:
                 remembered.popitem(last=False)
             if kind != "whep/viewers":
                 stage_id = kind.split("/")[1]
-                self.placed[stage_id] = (worker, asyncio.get_running_loop().time())
+                worker.place(stage_id, asyncio.get_running_loop().time())
         elif request.method == "DELETE" and response.status == 200:
             parts = request.path.strip("/").split("/")
             self.viewers.pop(parts[-1], None)
@@ -180,8 +165,7 @@ class Routes:
         for remembered in (self.viewers, self.publishers):
             for resource in [r for r, w in remembered.items() if w is worker]:
                 del remembered[resource]
-        for stage_id in [s for s, (w, _) in self.placed.items() if w is worker]:
-            del self.placed[stage_id]
+        worker.placed.clear()
 
 
 async def proxy(request: web.Request) -> web.StreamResponse:
@@ -223,6 +207,11 @@ async def proxy(request: web.Request) -> web.StreamResponse:
             async for chunk in upstream.content.iter_any():
                 await response.write(chunk)
             await response.write_eof()
+        if request.body_exists and not request.content.at_eof():
+            # The worker answered before the whole body had come (a 413 for an
+            # oversized offer): the rest is still owed on that connection, and the
+            # worker would wait for it there, so the connection is not used again.
+            upstream.close()
     return response
 
 

@@ -119,6 +119,7 @@ class Venue:
         )
         publisher.answer = answer
         self.publishers[publisher.id] = publisher
+        self.bulletin.notify(("stage", stage.id))
         self._spawn(self._run_publisher(stage, publisher))
         logger.info(
             "stage %s: publisher %s offered %s",
@@ -142,6 +143,7 @@ class Venue:
                     break
         finally:
             self.publishers.pop(publisher.id, None)
+            self.bulletin.notify(("stage", stage.id))
             await publisher.close()
             hub = self.hubs.get(publisher.stage_id)
             if hub is not None and hub.publisher is publisher:
@@ -299,6 +301,7 @@ class Venue:
         del self.hubs[hub.stage_id]
         self.held.discard(hub.stage_id)
         hub.end()
+        self.bulletin.notify(("stage", hub.stage_id))
         logger.info("stage %s: ended, moving %d viewers on", hub.stage_id, hub.watching)
         for viewer in list(hub.viewers):
             self._move_on(viewer, exclude=hub.stage_id, ended_by=BY_SHOW)

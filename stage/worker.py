@@ -73,6 +73,7 @@ async def serve(index: int, count: int, control: str, path: str, flags) -> None:
         index,
         control,
         local=lambda: report(venue, index),
+        bulletin=venue.bulletin,
         changed=venue.elsewhere_changed,
         lost=stop.set,
     )

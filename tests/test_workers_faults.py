@@ -1,0 +1,154 @@
+"""Faults of `--workers 2` found by trying to break it (see each test).
+
+A real server subprocess with two workers (tests/test_workers.py's Front), real aiortc
+publishers, plain HTTP through the front.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import aiohttp
+
+from .peers import Publisher, Viewer
+from .test_workers import front, new_stage, until  # noqa: F401 (front: a fixture)
+
+OVERSIZED_OFFER = b"v=0\r\n" + b"a" * 3_000_000
+
+
+async def worker_of(http, base: str, stage_id: str) -> str:
+    async with http.get(f"{base}/api/stages/{stage_id}") as r:
+        return r.headers["X-Stage-Worker"]
+
+
+async def listed(http, base: str) -> set[str]:
+    async with http.get(f"{base}/api/stages") as r:
+        return {s["id"] for s in (await r.json())["stages"]}
+
+
+async def test_a_show_that_ended_no_longer_counts_where_new_stages_go(front):
+    """While stage A is live on one worker and nothing is live on the other, every
+    new stage should go to the empty worker. Shows that went live and then ended
+    must not weigh on the choice, however many there were."""
+    base = front.base
+    async with aiohttp.ClientSession() as http:
+        first = await new_stage(http, base, "First")
+        a = await new_stage(http, base, "A")
+        first_publisher = await Publisher(base, first["id"], first["key"]).start()
+        a_publisher = await Publisher(base, a["id"], a["key"]).start()
+        try:
+            busy = await worker_of(http, base, a["id"])
+            assert await worker_of(http, base, first["id"]) != busy
+            await first_publisher.stop()
+
+            async def only_a():
+                return await listed(http, base) == {a["id"]}
+
+            await until(only_a, what="only A live")
+            placed = []
+            for n in range(3):
+                short = await new_stage(http, base, f"Short show {n}")
+                publisher = await Publisher(base, short["id"], short["key"]).start()
+                placed.append(await worker_of(http, base, short["id"]))
+                await publisher.stop()
+                await until(only_a, what=f"short show {n} ended")
+            assert busy not in placed, (
+                f"A is live on worker {busy}, the other is empty, yet new stages "
+                f"went to workers {placed}"
+            )
+        finally:
+            await a_publisher.stop()
+
+
+async def _post_oversized(port: int) -> tuple[str, float]:
+    """An oversized offer sent as curl sends a body over 1 MB: headers with
+    `Expect: 100-continue`, the body once `100 Continue` came (or after 1 s); the
+    final status line, and how long it took."""
+    started = time.monotonic()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            b"POST /whep HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/sdp\r\nExpect: 100-continue\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(OVERSIZED_OFFER)
+        )
+        try:
+            first = await asyncio.wait_for(reader.readline(), 1.0)
+        except TimeoutError:
+            first = b""
+        if first.startswith(b"HTTP/1.1 100"):
+            await reader.readline()  # the blank line after 100 Continue
+            first = b""
+        if not first:
+            writer.write(OVERSIZED_OFFER)
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+            try:
+                first = await asyncio.wait_for(reader.readline(), 15.0)
+            except TimeoutError:
+                first = b"(no answer within 15 s)"
+        return first.decode().strip(), time.monotonic() - started
+    finally:
+        writer.close()
+
+
+async def test_oversized_offers_do_not_stall_the_front(front):
+    """Offers far over the size limit, sent with `Expect: 100-continue` (as curl
+    does for bodies over 1 MB), are refused with 413 at once, and a small request
+    from another client right after is answered at once too; not after the
+    workers' 10 s lingering time, nor with a 502 that blames a failure."""
+    port = int(front.base.rsplit(":", 1)[1])
+    answers = []
+    for _ in range(3):
+        answers += [await _post_oversized(port) for _ in range(2)]
+        async with aiohttp.ClientSession() as http:
+            started = time.monotonic()
+            async with http.post(
+                f"{front.base}/api/stages",
+                json={"name": "After the big ones"},
+                timeout=aiohttp.ClientTimeout(total=30),
+            ) as r:
+                answers.append(
+                    (f"HTTP/1.1 {r.status} {await r.text()}", time.monotonic() - started)
+                )
+    late = [(line, round(took, 1)) for line, took in answers if took > 3]
+    assert not late, answers
+    assert [line.split()[1] for line, _ in answers] == ["413", "413", "201"] * 3, answers
+
+
+async def test_a_stranger_gets_nothing_from_the_session_of_whoever_made_a_stage(front):
+    """Making a stage opens its owner's dashboard session (a cookie) in the owner's
+    browser only. Through the front, a stranger with no cookie and no key must
+    still be refused the stage's numbers and a new key, as in one process."""
+    base = front.base
+    async with aiohttp.ClientSession() as owner:
+        stage = await new_stage(owner, base, "Mine")
+    async with aiohttp.ClientSession() as stranger:
+        async with stranger.get(f"{base}/api/stages/{stage['id']}/performances") as r:
+            numbers = r.status
+        async with stranger.post(f"{base}/api/stages/{stage['id']}/key") as r:
+            new_key = (r.status, await r.text())
+    assert (numbers, new_key[0]) == (401, 401), (numbers, new_key)
+
+
+async def test_two_browsers_watching_are_two_visitors(front):
+    """Each browser gets its own visitor cookie, so two viewers are two browsers in
+    the numbers (views, browsers, average watch), as in one process."""
+    base = front.base
+    async with aiohttp.ClientSession() as http:
+        stage = await new_stage(http, base, "Watched")
+    publisher = await Publisher(base, stage["id"], stage["key"]).start()
+    viewers = []
+    try:
+        for _ in range(2):
+            viewers.append(await Viewer(base).start(stage["id"]))
+        cookies = [
+            {c.key: c.value for c in v.cookies}.get("stage_visitor") for v in viewers
+        ]
+        assert None not in cookies and cookies[0] != cookies[1], cookies
+    finally:
+        for viewer in viewers:
+            await viewer.stop()
+        await publisher.stop()
