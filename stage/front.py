@@ -190,6 +190,11 @@ async def proxy(request: web.Request) -> web.StreamResponse:
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
         )
     except (aiohttp.ClientError, OSError):
+        if request.transport is None or request.transport.is_closing():
+            # The client went away while its body was being passed on: nothing
+            # is wrong with the worker, and nobody is left to answer.
+            logger.debug("front: a client left mid-request to worker %d", worker.index)
+            raise web.HTTPBadRequest(text="The request was not sent whole.") from None
         logger.warning("front: worker %d did not answer", worker.index, exc_info=True)
         return _unavailable(worker, status=502)
 

@@ -141,7 +141,13 @@ async def errors_as_json(request: web.Request, handler):
         return web.json_response(
             {"error": message}, status=exc.status, headers=_kept_headers(exc)
         )
-    except (asyncio.CancelledError, ConnectionResetError):
+    except ConnectionResetError:
+        # The client left while it was sending (a closed tab, a lost network, or the
+        # front of --workers passing that on): nothing went wrong here, and nobody
+        # is left to read an answer.
+        logger.debug("%s %s: the client left mid-request", request.method, request.path)
+        return web.Response(status=400, text="The request was not sent whole.")
+    except asyncio.CancelledError:
         raise
     except Exception:
         logger.exception("%s %s failed", request.method, request.path)

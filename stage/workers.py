@@ -34,6 +34,11 @@ START_TIMEOUT = 60.0
 PLACED_FOR = 40.0
 # A worker that ended by itself is started again after this pause.
 RESTART_PAUSE = 1.0
+# A worker that keeps dying soon after it started (a full disk, a broken install) is
+# started again after twice the pause each time, up to this; once it has run for
+# STEADY_AFTER the pause is back to RESTART_PAUSE.
+RESTART_PAUSE_MAX = 30.0
+STEADY_AFTER = 60.0
 # On stop, a worker has this long to close its shows and recordings before it is killed.
 STOP_TIMEOUT = 30.0
 
@@ -172,13 +177,18 @@ class Workers:
 
     async def _keep_running(self, worker: Worker) -> None:
         """Start the worker, and start it again whenever it ends by itself."""
+        pause = RESTART_PAUSE
         while not self._stopping:
+            started = time.monotonic()
             await self._spawn(worker)
             code = await worker.process.wait()
             self._forget(worker)
+            if time.monotonic() - started > STEADY_AFTER:
+                pause = RESTART_PAUSE
             # Ctrl-C in a terminal reaches the workers as well as this process, which
             # may learn that it is stopping a moment after they ended.
-            await asyncio.sleep(RESTART_PAUSE)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, RESTART_PAUSE_MAX)
             if self._stopping:
                 break
             logger.error(

@@ -76,7 +76,10 @@ class Front:
 async def front(tmp_path):
     front = await Front(tmp_path / "data").start()
     yield front
-    await front.kill()
+    try:
+        await front.stop()  # as a service manager does: the front cleans up after itself
+    finally:
+        await front.kill()
 
 
 async def new_stage(http, base: str, name: str) -> dict:

@@ -152,3 +152,25 @@ async def test_two_browsers_watching_are_two_visitors(front):
         for viewer in viewers:
             await viewer.stop()
         await publisher.stop()
+
+
+async def test_a_client_that_leaves_mid_upload_is_not_taken_for_a_failed_worker(front):
+    """A client that closes its connection halfway through its body (a closed tab, a
+    lost network) is nobody's fault: the front says nothing at WARNING about it, and
+    the worker serves the next request as before."""
+    port = int(front.base.rsplit(":", 1)[1])
+    for _ in range(5):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"POST /whep HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/sdp\r\nContent-Length: 60000\r\n\r\n"
+            + b"v=0\r\n" * 200
+        )
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.close()
+    async with aiohttp.ClientSession() as http:
+        stage = await new_stage(http, front.base, "Still here")
+    log = await front.stop()
+    assert stage["id"]
+    assert "did not answer" not in log and "Traceback" not in log, log
