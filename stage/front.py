@@ -36,7 +36,7 @@ from aiohttp import web
 
 from .config import Settings
 from .directory import Report
-from .server import hide_tokens_in_access_log
+from .server import hide_tokens_in_access_log, wants_json
 from .store import Store
 from .venue import Venue
 from .workers import Worker, Workers
@@ -61,6 +61,18 @@ HOP_BY_HOP = {
 # only forgotten when this many newer ones pushed it out.
 REMEMBERED = 100_000
 RETRY_AFTER = 3
+UNAVAILABLE = (
+    "This part of Stage is starting again after a failure. Try again in a moment."
+)
+UNAVAILABLE_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="refresh" content="{seconds}">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Stage</title></head>
+<body style="font-family: system-ui, sans-serif; margin: 3rem auto; max-width: 32rem">
+<h1>Stage</h1><p>{message}</p><p>This page will look again by itself.</p>
+</body></html>
+"""
 
 LOCATION = re.compile(r"^/(whip/[^/]+/publishers|whep/viewers)/([^/?#]+)")
 
@@ -172,7 +184,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     routes = request.app[ROUTES]
     worker = routes.worker_for(request)
     if not worker.ready or worker.http is None:
-        return _unavailable(worker)
+        return _unavailable(request, worker)
 
     headers = [
         (key, value)
@@ -196,7 +208,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
             logger.debug("front: a client left mid-request to worker %d", worker.index)
             raise web.HTTPBadRequest(text="The request was not sent whole.") from None
         logger.warning("front: worker %d did not answer", worker.index, exc_info=True)
-        return _unavailable(worker, status=502)
+        return _unavailable(request, worker, status=502)
 
     async with upstream:
         routes.learn(request, worker, upstream)
@@ -220,19 +232,25 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def _unavailable(worker: Worker, status: int = 503) -> web.Response:
-    return web.json_response(
-        {
-            "error": "This part of Stage is starting again after a failure. "
-            "Try again in a moment."
-        },
-        status=status,
-        headers={
-            "Retry-After": str(RETRY_AFTER),
-            "Access-Control-Allow-Origin": "*",
-            "X-Stage-Worker": str(worker.index),
-        },
-    )
+def _unavailable(
+    request: web.Request, worker: Worker, status: int = 503
+) -> web.Response:
+    """The worker is down: a sentence, as JSON for the API and as a page for a
+    person's browser, which looks again by itself."""
+    headers = {
+        "Retry-After": str(RETRY_AFTER),
+        "Access-Control-Allow-Origin": "*",
+        "X-Stage-Worker": str(worker.index),
+    }
+    if not wants_json(request) and "text/html" in request.headers.get("Accept", ""):
+        return web.Response(
+            text=UNAVAILABLE_PAGE.format(seconds=RETRY_AFTER, message=UNAVAILABLE),
+            content_type="text/html",
+            status=status,
+            headers=headers,
+        )
+    return web.json_response({"error": UNAVAILABLE}, status=status, headers=headers)
+
 
 
 async def recover(

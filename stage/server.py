@@ -131,7 +131,7 @@ async def errors_as_json(request: web.Request, handler):
             {"error": exc.message}, status=exc.status, headers=headers
         )
     except web.HTTPException as exc:
-        if exc.status < 400 or not _wants_json(request):
+        if exc.status < 400 or not wants_json(request):
             raise
         message = (
             exc.text
@@ -156,7 +156,7 @@ async def errors_as_json(request: web.Request, handler):
         )
 
 
-def _wants_json(request: web.Request) -> bool:
+def wants_json(request: web.Request) -> bool:
     return request.path.startswith(("/api/", "/whip", "/whep"))
 
 

@@ -378,3 +378,30 @@ async def test_a_stage_page_hears_its_stage_go_live_on_the_other_worker(front):
         finally:
             for publisher in publishers:
                 await publisher.stop()
+
+
+async def test_while_the_home_worker_starts_again_pages_and_the_api_say_so(front):
+    """Pages and most of the API are answered by worker 0. While it starts again
+    after dying, a browser gets a page that says so and looks again by itself, and
+    a script the same sentence as JSON; then both are served as before."""
+    first, _ = front.worker_pids
+    os.kill(first, signal.SIGKILL)
+    await asyncio.sleep(0.2)  # the front notices at once: its report socket closed
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{front.base}/", headers={"Accept": "text/html"}) as r:
+            page = (r.status, r.content_type, await r.text())
+        async with http.get(f"{front.base}/api/stages") as r:
+            api = (r.status, await r.json(), r.headers.get("Retry-After"))
+        sentence = (
+            "This part of Stage is starting again after a failure. "
+            "Try again in a moment."
+        )
+        assert page[0] in (502, 503) and page[1] == "text/html", page
+        assert sentence in page[2] and 'http-equiv="refresh"' in page[2], page
+        assert api[0] in (502, 503) and api[1:] == ({"error": sentence}, "3"), api
+
+        async def served():
+            async with http.get(f"{front.base}/", headers={"Accept": "text/html"}) as r:
+                return r.status == 200
+
+        await until(served, timeout=30, what="the home page served again")
