@@ -1,13 +1,19 @@
 """Clips: cut from a real recording through the API, checked frame by frame."""
 
 import asyncio
+import shutil
 import time
 from pathlib import Path
 
 import av
 import numpy
 import pytest
+import pytest_asyncio
+from aiohttp import ClientSession
+from aiohttp.test_utils import TestServer
 
+from stage.config import Settings
+from stage.server import create_app
 from tests.peers import Publisher, Viewer
 from tests.show import (
     BeepTrack,
@@ -24,22 +30,64 @@ def bearer(stage) -> dict:
     return {"Authorization": f"Bearer {stage['key']}"}
 
 
-@pytest.fixture
-async def recorded(server, http, new_stage):
+async def record_show(settings: Settings) -> tuple[dict, dict]:
     """A 12 s show with a flash and a beep each second; a viewer joining at 6 s makes
     the publisher send a keyframe there, so a clip has a head to encode and a rest to
-    copy."""
-    stage = await new_stage("Flash & Beep")
-    clock = CaptureClock()
-    publisher = await Publisher(server.base, stage["id"], stage["key"]).start(
-        tracks=[BeepTrack(clock), FlashTrack(clock)]
+    copy. Returns the stage (with its key) and the finished performance."""
+    server = TestServer(create_app(settings), host="127.0.0.1")
+    await server.start_server()
+    base = server.base = str(server.make_url("")).rstrip("/")
+    try:
+        async with ClientSession() as http:
+            async with http.post(
+                f"{base}/api/stages", json={"name": "Flash & Beep"}
+            ) as response:
+                assert response.status == 201, await response.text()
+                stage = await response.json()
+            clock = CaptureClock()
+            publisher = await Publisher(base, stage["id"], stage["key"]).start(
+                tracks=[BeepTrack(clock), FlashTrack(clock)]
+            )
+            await asyncio.sleep(6)
+            viewer = await Viewer(base).start(stage["id"])
+            await asyncio.sleep(6)
+            await viewer.stop()
+            await publisher.stop()
+            performance = await wait_recording(http, server, stage)
+    finally:
+        await server.close()
+    return stage, performance
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def show_data(tmp_path_factory):
+    """One real show, recorded once for the module by a server that then stops.
+
+    Each test that cuts clips gets its own copy of that server's data folder (see
+    `settings`) and a fresh server on it, as after a restart: what one test deletes
+    or adds, no other test sees, and the 12 s show is played once, not per test.
+    """
+    folder = tmp_path_factory.mktemp("clips-show")
+    settings = Settings(
+        data=folder / "data", ice_addresses=("127.0.0.1",), view_seconds=1.0
     )
-    await asyncio.sleep(6)
-    viewer = await Viewer(server.base).start(stage["id"])
-    await asyncio.sleep(6)
-    await viewer.stop()
-    await publisher.stop()
-    performance = await wait_recording(http, server, stage)
+    stage, performance = await record_show(settings)
+    return settings.data, stage, performance
+
+
+@pytest.fixture
+def settings(request, tmp_path):
+    data = tmp_path / "data"
+    if "recorded" in request.fixturenames:
+        shown, _, _ = request.getfixturevalue("show_data")
+        shutil.copytree(shown, data)
+    return Settings(data=data, ice_addresses=("127.0.0.1",), view_seconds=1.0)
+
+
+@pytest.fixture
+def recorded(settings, show_data):
+    """The module's show, in this test's own copy of the data (see `show_data`)."""
+    _, stage, performance = show_data
     return stage, performance
 
 

@@ -233,7 +233,7 @@ async def test_full_disk_truncates_the_recording_and_the_show_goes_on(
     server, http, new_stage, settings, small_disk, tmp_path
 ):
     stage = await new_stage()
-    small_disk(settings.data / stage["id"], leave_free=250_000)
+    small_disk(settings.data / stage["id"], leave_free=100_000)
 
     clock = CaptureClock()
     publisher = await Publisher(server.base, stage["id"], stage["key"]).start(

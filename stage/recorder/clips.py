@@ -394,6 +394,22 @@ def export_mp4(
     return Made(target, last_end, frames)
 
 
+def _without_head(frame: av.AudioFrame, samples: int) -> av.AudioFrame | None:
+    """The frame without its first `samples` samples; None if nothing is left."""
+    if samples <= 0:
+        return frame
+    if samples >= frame.samples:
+        return None
+    array = frame.to_ndarray()
+    # Planar formats have a row per channel; packed ones interleave the channels.
+    step = 1 if frame.format.is_planar else len(frame.layout.channels)
+    rest = av.AudioFrame.from_ndarray(
+        array[:, samples * step :], format=frame.format.name, layout=frame.layout.name
+    )
+    rest.sample_rate = frame.sample_rate
+    return rest
+
+
 class _Sound:
     """The MP4's AAC track, on the recording's clock.
 
@@ -419,8 +435,15 @@ class _Sound:
         """Add a decoded frame that belongs `at` seconds into the clip."""
         wanted = round(at * 48000)
         if self.given is None:
-            # A frame that began before the start is kept whole, from 0.
-            self.given = self.written = max(wanted, 0)
+            if wanted < 0:
+                # The frame began before the start: its part before the start is cut
+                # off. Kept whole from 0, it made all the sound late by that part, up
+                # to a frame (20 ms of Opus), depending on where the cut fell.
+                frame = _without_head(frame, round(-at * frame.sample_rate))
+                if frame is None:
+                    return False
+                wanted = 0
+            self.given = self.written = wanted
         late = wanted - self.given
         if late > AUDIO_SLACK * 48000:
             self._silence(late, frame)
