@@ -122,6 +122,7 @@ async def test_long_performance_with_real_footage(
     assert checked.counts["video"] > 25 * checked.duration * 0.8, checked
 
 
+@pytest.mark.alone  # real-time: see pytest.ini
 async def test_lip_sync_within_45_ms(server, http, new_stage, tmp_path):
     clock = CaptureClock()
     tracks = [BeepTrack(clock), FlashTrack(clock)]

@@ -356,6 +356,7 @@ def ntp_seconds(ntp: int) -> float:
     return (ntp >> 32) - 2208988800 + (ntp & 0xFFFFFFFF) / 2**32
 
 
+@pytest.mark.alone  # real-time: see pytest.ini
 async def test_sender_reports_map_timestamps_to_wall_clock_and_count(
     server, new_stage
 ):

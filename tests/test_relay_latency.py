@@ -10,9 +10,14 @@ step * k * (k + 1) / 2, so it follows its predecessor by step * k.
 import asyncio
 import time
 
+import pytest
 from aiortc import MediaStreamTrack
 
 from tests.peers import PatternTrack, Publisher, ToneTrack, Viewer, record_rtp
+
+# Real-time gaps are measured here: `make test` runs these by themselves, after the
+# parallel run, so that no other test competes for the two cores meanwhile.
+pytestmark = pytest.mark.alone
 
 
 class NumberedTrack(MediaStreamTrack):

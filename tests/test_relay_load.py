@@ -249,6 +249,7 @@ def longest_gap(arrivals: list[float], since: float, until: float) -> float:
     return max(b - a for a, b in zip(moments, moments[1:]))
 
 
+@pytest.mark.alone  # real-time: see pytest.ini
 async def test_a_packet_never_recovered_freezes_video_about_a_second_at_most(
     server, new_stage
 ):
