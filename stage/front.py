@@ -185,7 +185,25 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     worker = routes.worker_for(request)
     if not worker.ready or worker.http is None:
         return _unavailable(request, worker)
+    if not _arriving_viewer(request):
+        return await _pass_on(request, routes, worker)
+    # Counted as the worker's until it has answered (and its report counts it).
+    worker.arriving += 1
+    try:
+        return await _pass_on(request, routes, worker)
+    finally:
+        worker.arriving -= 1
 
+
+def _arriving_viewer(request: web.Request) -> bool:
+    """`POST /whep` or `POST /whep/<stage>`: a viewer arriving."""
+    parts = request.path.strip("/").split("/")
+    return request.method == "POST" and parts[0] == "whep" and len(parts) <= 2
+
+
+async def _pass_on(
+    request: web.Request, routes: Routes, worker: Worker
+) -> web.StreamResponse:
     headers = [
         (key, value)
         for key, value in request.headers.items()

@@ -66,6 +66,8 @@ class Worker:
         self.serving = asyncio.Event()
         # Stages the front has just given it, by when, until a report names them.
         self.placed: dict[str, float] = {}
+        # Viewers the front is sending it, until it has answered them.
+        self.arriving = 0
 
     @property
     def ready(self) -> bool:
@@ -110,7 +112,10 @@ class Worker:
 
     @property
     def viewers(self) -> int:
-        return self.report.viewers if self.report else 0
+        """Its viewers by the last report, with those being sent to it now: viewers
+        arriving together (a link shared at once) are placed within a millisecond of
+        each other, long before a report could count them."""
+        return (self.report.viewers if self.report else 0) + self.arriving
 
 
 class Workers:

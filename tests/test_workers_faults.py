@@ -174,3 +174,34 @@ async def test_a_client_that_leaves_mid_upload_is_not_taken_for_a_failed_worker(
     log = await front.stop()
     assert stage["id"]
     assert "did not answer" not in log and "Traceback" not in log, log
+
+
+async def test_viewers_arriving_together_fill_both_workers_before_any_is_refused(
+    tmp_path,
+):
+    """Four viewers of one stage arrive at the same moment, two workers each carry
+    two (`--max-viewers 2`): every one gets in, two on each worker, though no report
+    could have counted the first ones when the last were placed."""
+    from .test_workers import Front
+
+    front = await Front(tmp_path / "data", "--max-viewers", "2").start()
+    publisher, viewers = None, [Viewer(front.base) for _ in range(4)]
+    try:
+        async with aiohttp.ClientSession() as http:
+            stage = await new_stage(http, front.base, "Crowded")
+            publisher = await Publisher(front.base, stage["id"], stage["key"]).start()
+            await asyncio.sleep(0.5)  # the stage's worker has reported it live
+            await asyncio.gather(*(viewer.start(stage["id"]) for viewer in viewers))
+            workers = []
+            for viewer in viewers:
+                async with http.get(front.base + viewer.location) as r:
+                    workers.append(r.headers["X-Stage-Worker"])
+        assert sorted(workers) == ["0", "0", "1", "1"], workers
+    finally:
+        for viewer in viewers:
+            if viewer.location:
+                await viewer.stop()
+        if publisher is not None:
+            await publisher.stop()
+        await front.stop()
+        await front.kill()
