@@ -71,7 +71,11 @@ logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-SYSTEMS = ("stage", "mediarelay", "janus")
+SYSTEMS = ("stage", "mediarelay", "janus", "workers")
+# "workers" is Stage with `--workers 2`, not run unless asked for: each worker carries
+# at most --worker-viewers of the stage's viewers and the rest watch it through a
+# mirror on the other worker, so one stage's fan-out is split over two processes.
+DEFAULT_SYSTEMS = ("stage", "mediarelay", "janus")
 SETTLE = 2.0  # seconds for keyframes and bitrates to settle after viewers joined
 
 
@@ -114,13 +118,13 @@ async def measure(server, viewers: int, args, published, log: SendLog) -> dict:
         first = await asyncio.gather(*(g.ask("sample") for g in groups))
         await asyncio.gather(*(g.ask("mark") for g in groups))
         server.probe_start()
-        pid = server.pid
+        pids = server.pids
         marked = time.monotonic_ns()
-        cpu0, wait0 = machine.cpu_seconds(pid), machine.run_queue_seconds(pid)
+        cpu0, wait0 = _cpu_seconds(pids), _run_queue_seconds(pids)
         clients0, busy0 = clients_cpu(groups), machine.machine_busy()[0]
         (frames0, keys0, bytes0), t0 = published.sent(), time.monotonic()
         await asyncio.sleep(args.seconds)
-        cpu1, wait1 = machine.cpu_seconds(pid), machine.run_queue_seconds(pid)
+        cpu1, wait1 = _cpu_seconds(pids), _run_queue_seconds(pids)
         clients1, busy1 = clients_cpu(groups), machine.machine_busy()[0]
         (frames1, keys1, bytes1), t1 = published.sent(), time.monotonic()
         probed = await server.probe_result()
@@ -158,7 +162,7 @@ async def measure(server, viewers: int, args, published, log: SendLog) -> dict:
         "viewers": viewers,
         "cpu_percent": 100 * (cpu1 - cpu0) / elapsed,
         "waiting_percent": 100 * (wait1 - wait0) / elapsed,
-        "rss_mb": machine.rss_mb(pid),
+        "rss_mb": sum(machine.rss_mb(pid) for pid in pids),
         "packets_per_second": packets_per_second,
         "fps_min": min(fps) if fps else None,
         "fps_median": statistics.median(fps) if fps else None,
@@ -258,6 +262,14 @@ class Escalation:
         )
 
 
+def _cpu_seconds(pids: list[int]) -> float:
+    return sum(machine.cpu_seconds(pid) for pid in pids)
+
+
+def _run_queue_seconds(pids: list[int]) -> float:
+    return sum(machine.run_queue_seconds(pid) for pid in pids)
+
+
 def start_servers(args, data: str) -> list:
     servers = []
     for name in args.systems:
@@ -270,6 +282,13 @@ def start_servers(args, data: str) -> list:
             else:
                 probe = None
             servers.append(PythonServer("stage", command, probe))
+        elif name == "workers":
+            # Its own data folder: two servers on one database would hand out the
+            # same visit ids.
+            command = ["-m", "stage", "--workers", "2", "--data", f"{data}/workers"]
+            command += ["--ice-address", "127.0.0.1", "--log-level", "WARNING"]
+            command += ["--max-viewers", str(args.worker_viewers)]
+            servers.append(PythonServer("workers", command))
         elif name == "mediarelay":
             servers.append(
                 PythonServer("mediarelay", ["-m", "bench.mediarelay_server"])
@@ -594,7 +613,15 @@ def main() -> None:
     )
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
+    parser.add_argument(
+        "--systems", nargs="+", choices=SYSTEMS, default=list(DEFAULT_SYSTEMS)
+    )
+    parser.add_argument(
+        "--worker-viewers",
+        type=int,
+        default=50,
+        help="with --systems workers: the viewers each of the 2 workers carries",
+    )
     parser.add_argument("--reference-max", type=int, default=10)
     parser.add_argument("--collapse-fps", type=float, default=15)
     parser.add_argument("--per-process", type=int, default=10)

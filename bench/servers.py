@@ -53,6 +53,14 @@ class PythonServer:
     def pid(self) -> int:
         return self.process.pid
 
+    @property
+    def pids(self) -> list[int]:
+        """The server's process and its children: with `--workers`, the front and
+        each worker."""
+        pid = self.process.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        return [pid, *map(int, children)]
+
     async def ready(self) -> None:
         for _ in range(300):
             try:
@@ -112,6 +120,10 @@ class JanusServer:
     @property
     def pid(self) -> int:
         return self.janus.pid
+
+    @property
+    def pids(self) -> list[int]:
+        return [self.janus.pid]
 
     async def ready(self) -> None:
         await self.janus.ready()

@@ -69,6 +69,9 @@ class Report:
     viewers: int
     # Viewers here on stages of other workers, by stage id (stage/links.py).
     mirrored: dict[str, int] = field(default_factory=dict)
+    # Viewers it has taken in since it started: the front compares this with the
+    # viewers it passed on, to count those a report has not caught up with yet.
+    joined: int = 0
 
     def to_json(self) -> str:
         return json.dumps(
@@ -78,6 +81,7 @@ class Report:
                 "connecting": self.connecting,
                 "viewers": self.viewers,
                 "mirrored": self.mirrored,
+                "joined": self.joined,
             }
         )
 
@@ -90,6 +94,7 @@ class Report:
             connecting=list(fields["connecting"]),
             viewers=int(fields["viewers"]),
             mirrored=dict(fields.get("mirrored", {})),
+            joined=int(fields.get("joined", 0)),
         )
 
 

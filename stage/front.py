@@ -190,9 +190,12 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     # Counted as the worker's until it has answered (and its report counts it).
     worker.arriving += 1
     try:
-        return await _pass_on(request, routes, worker)
+        response = await _pass_on(request, routes, worker)
     finally:
         worker.arriving -= 1
+    if response.status == 201:
+        worker.joined += 1
+    return response
 
 
 def _arriving_viewer(request: web.Request) -> bool:

@@ -95,6 +95,7 @@ class Venue:
         self.performances: dict[str, Performance] = {}  # by stage id
         self.publishers: dict[str, Publisher] = {}  # every publisher not yet gone
         self.viewers: dict[str, Viewer] = {}
+        self.joined = 0  # viewers taken in since the start (a worker's report)
         # Viewers whose connection has come up: only they count as watching.
         self.came_up: set[str] = set()
         # Stages whose publisher was lost, held for the same key (by stage id).
@@ -491,6 +492,7 @@ class Venue:
             raise
         viewer.answer = answer
         self.viewers[viewer.id] = viewer
+        self.joined += 1
         viewer.pc.on("connectionstatechange", lambda: self._on_viewer_state(viewer))
         if not self._offered(hub) or not self._fits(viewer, hub):
             first, hub = hub, await self._hub_for(self._choose(viewer))

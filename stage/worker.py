@@ -48,7 +48,14 @@ def report(venue: Venue, worker: int) -> Report:
     mirrored = {
         stage_id: venue.watching(hub) for stage_id, hub in venue.mirrors.hubs.items()
     }
-    return Report(worker, stages, sorted(connecting), len(venue.viewers), mirrored)
+    return Report(
+        worker,
+        stages,
+        sorted(connecting),
+        len(venue.viewers),
+        mirrored,
+        joined=venue.joined,
+    )
 
 
 async def serve(index: int, count: int, control: str, path: str, flags) -> None:

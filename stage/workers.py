@@ -66,8 +66,10 @@ class Worker:
         self.serving = asyncio.Event()
         # Stages the front has just given it, by when, until a report names them.
         self.placed: dict[str, float] = {}
-        # Viewers the front is sending it, until it has answered them.
+        # Viewers the front is sending it, until it has answered them, and those it
+        # took in (201) since it started.
         self.arriving = 0
+        self.joined = 0
 
     @property
     def ready(self) -> bool:
@@ -112,10 +114,13 @@ class Worker:
 
     @property
     def viewers(self) -> int:
-        """Its viewers by the last report, with those being sent to it now: viewers
-        arriving together (a link shared at once) are placed within a millisecond of
-        each other, long before a report could count them."""
-        return (self.report.viewers if self.report else 0) + self.arriving
+        """Its viewers by the last report, with those it took in since and those
+        being sent to it now: viewers arriving together (a link shared at once) are
+        placed within a millisecond of each other, long before a report counts them."""
+        if self.report is None:
+            return self.arriving
+        unreported = max(0, self.joined - self.report.joined)
+        return self.report.viewers + unreported + self.arriving
 
 
 class Workers:
@@ -214,6 +219,7 @@ class Workers:
 
     def _forget(self, worker: Worker) -> None:
         worker.report = None
+        worker.joined = 0
         worker.serving.clear()
         if worker.http is not None:
             asyncio.ensure_future(worker.http.close())
