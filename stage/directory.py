@@ -17,8 +17,8 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
 from .bulletin import ANY, Bulletin

@@ -16,8 +16,8 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import aiohttp
