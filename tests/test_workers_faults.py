@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import time
 
 import aiohttp
@@ -205,3 +207,121 @@ async def test_viewers_arriving_together_fill_both_workers_before_any_is_refused
             await publisher.stop()
         await front.stop()
         await front.kill()
+
+
+# Installed before the watch page's scripts: notes when each overlay on the screen is
+# shown or hidden (page clock), with the name it shows, and every video frame's size.
+OVERLAY_PROBE = """
+(() => {
+  window.__overlays = [];
+  window.__frames = [];
+  document.addEventListener('DOMContentLoaded', () => {
+    const note = (overlay) => window.__overlays.push({
+      t: performance.now(), id: overlay.id, shown: !overlay.hidden,
+      text: overlay.textContent.replace(/\\s+/g, ' ').trim(),
+    });
+    const observer = new MutationObserver((changes) => {
+      for (const change of changes) note(change.target);
+    });
+    for (const overlay of document.querySelectorAll('#screen .overlay')) {
+      observer.observe(overlay, { attributes: true, attributeFilter: ['hidden'] });
+    }
+    const video = document.getElementById('player');
+    const onFrame = (now, meta) => {
+      window.__frames.push({ t: now, w: meta.width, h: meta.height });
+      video.requestVideoFrameCallback(onFrame);
+    };
+    video.requestVideoFrameCallback(onFrame);
+  });
+})();
+"""
+
+# The first frame of the given size the page presented after t0 (page clock).
+FRAME_OF_SIZE_AFTER = """(args) => window.__frames.find(
+  (f) => f.t > args.t0 && f.w === args.w && f.h === args.h) || null"""
+
+
+async def test_a_watch_page_whose_worker_dies_says_so_and_moves_on(front, tmp_path):
+    """SIGKILL to the worker carrying what a /watch page shows: its stage and its
+    viewer are gone. The page must not call the stage it was on "audio only" (its
+    picture stopped because the connection is gone, not because the stage has no
+    camera): it says the connection was lost and lands on the stage left, on the
+    other worker, as soon as it can."""
+    from .browser import launch_chromium, new_page, screenshot
+    from .test_browser import keep_shot
+
+    sizes = {"A": (320, 240), "B": (160, 128)}
+    publishers = []
+    async with aiohttp.ClientSession() as http:
+        stages = {n: await new_stage(http, front.base, f"Stage {n}") for n in sizes}
+        try:
+            for name, stage in stages.items():
+                publisher = Publisher(front.base, stage["id"], stage["key"])
+                publishers.append(await publisher.start(size=sizes[name]))
+            workers = {
+                n: await worker_of(http, front.base, s["id"]) for n, s in stages.items()
+            }
+            assert sorted(workers.values()) == ["0", "1"], workers
+
+            async with launch_chromium(None) as browser:
+                page = await new_page(browser)
+                await page.add_init_script(OVERLAY_PROBE)
+                await page.goto(f"{front.base}/watch")
+                await page.wait_for_function(
+                    "() => window.stageWatch.stage && window.__frames.length > 30",
+                    timeout=15_000,
+                )
+                watched = await page.evaluate("() => window.stageWatch.stage.id")
+                (on,) = [n for n, s in stages.items() if s["id"] == watched]
+                (left,) = [n for n in stages if n != on]
+                await page.wait_for_function(
+                    "(name) => document.getElementById('stage-name').textContent"
+                    " === name",
+                    arg=f"Stage {on}",
+                    timeout=10_000,
+                )
+
+                killed_at = await page.evaluate("() => performance.now()")
+                os.kill(front.worker_pids[int(workers[on])], signal.SIGKILL)
+                width, height = sizes[left]
+                frame = await page.wait_for_function(
+                    FRAME_OF_SIZE_AFTER,
+                    arg={"t0": killed_at, "w": width, "h": height},
+                    timeout=30_000,
+                    polling=50,
+                )
+                landed_at = (await frame.json_value())["t"]
+                await page.wait_for_function(
+                    "(name) => document.getElementById('stage-name').textContent"
+                    " === name",
+                    arg=f"Stage {left}",
+                    timeout=10_000,
+                )
+                keep_shot(await screenshot(page, tmp_path / "watch-after-worker.png"))
+                overlays = await page.evaluate(
+                    "(t0) => window.__overlays.filter((o) => o.t > t0)", killed_at
+                )
+        finally:
+            for publisher in publishers:
+                await publisher.stop(say_goodbye=False)
+
+    def shown(overlay_id):
+        return [
+            (round(o["t"] - killed_at), o["text"])
+            for o in overlays
+            if o["id"] == overlay_id and o["shown"]
+        ]
+
+    print(
+        f"\nworker {workers[on]} killed under stage {on}: the page showed "
+        f"{[(round(o['t'] - killed_at), o['id'], o['shown']) for o in overlays]}, "
+        f"stage {left}'s picture {landed_at - killed_at:.0f} ms after the kill"
+    )
+    assert not shown("audio-only"), (
+        f"the page called stage {on} audio only once its worker was gone: "
+        f"{shown('audio-only')}"
+    )
+    lost = shown("lost")
+    assert lost and lost[0][0] < landed_at - killed_at, (
+        f"the page never said the connection was lost before stage {left}: {overlays}"
+    )

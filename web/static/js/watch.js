@@ -13,6 +13,9 @@ const NO_VIDEO_AFTER_MS = 2000;
 const FRAME_GAP_MS = 1500;
 const VIDEO_CHECK_MS = 250;
 const NOTICE_MS = 3000;
+// Answers about this page's own viewer that mean it no longer exists: 404
+// from Stage, 502 and 503 from a front whose worker carrying it died.
+const VIEWER_GONE = new Set([404, 502, 503]);
 // After the performer is back, how long the reconnecting notice waits for
 // their new picture at most.
 const BACK_WAIT_MS = 3000;
@@ -22,6 +25,9 @@ const screen = byId('screen');
 const waiting = byId('waiting');
 const reconnecting = byId('reconnecting');
 const connecting = byId('connecting');
+const lost = byId('lost');
+const lostTitle = byId('lost-title');
+const lostNote = byId('lost-note');
 const audioOnly = byId('audio-only');
 const audioOnlyName = byId('audio-only-name');
 const unmute = byId('unmute');
@@ -44,6 +50,11 @@ let events = null;
 let retryTimer = null;
 let disconnectedTimer = null;
 let nextInFlight = false;
+// The viewer resource being asked about after its event stream broke.
+let checking = null;
+// Why the connection notice is up: 'dropped' (ICE may recover by itself)
+// or 'gone' (a new connection is on its way); null when it is not.
+let lostFor = null;
 let noticeTimer = null;
 // The stage whose name the page shows (it lags state.stage until the picture).
 let namedId = null;
@@ -68,6 +79,8 @@ async function start() {
 
   const pc = new RTCPeerConnection(peerConfig(iceServers()));
   state.pc = pc;
+  // Video on a new connection is awaited afresh, whatever stage it brings.
+  switchedAt = performance.now();
   pc.addTransceiver('audio', { direction: 'recvonly' });
   pc.addTransceiver('video', { direction: 'recvonly' });
 
@@ -157,20 +170,50 @@ function stop() {
 function onConnectionState(pc) {
   clearTimeout(disconnectedTimer);
   switch (pc.connectionState) {
+    case 'connected':
+      if (lostFor === 'dropped') {
+        showLost(null);
+      }
+      break;
     case 'failed':
-      flash('Lost the connection — reconnecting…');
+      showLost('gone', 'Lost the connection', 'Reconnecting…');
       start();
       break;
     case 'disconnected':
       // Often a short network blip that ICE recovers from by itself.
+      showLost('dropped', 'The connection dropped', 'Trying to get it back…');
       disconnectedTimer = setTimeout(() => {
         if (pc === state.pc && pc.connectionState !== 'connected') {
-          flash('Lost the connection — reconnecting…');
+          showLost('gone', 'Lost the connection', 'Reconnecting…');
           start();
         }
       }, DISCONNECTED_GRACE_MS);
       break;
   }
+}
+
+// What went wrong with the connection, said over the picture. A picture
+// that stopped because the connection did says nothing about the stage,
+// so nothing about the stage (such as "audio only") is shown meanwhile.
+function showLost(why, title = '', note = '') {
+  lostFor = why;
+  if (why) {
+    lostTitle.textContent = title;
+    lostNote.textContent = note;
+    show(audioOnly, false);
+  }
+  show(lost, Boolean(why));
+}
+
+// This page's viewer is gone with the process that carried it (a worker
+// that died, a server that started again): its stage may be gone too, and
+// its connection is over. Say so at once and land on another stage.
+function connectionGone() {
+  viewerUrl = null; // nothing left to hang up
+  clearStage();
+  showLost('gone', 'Lost the connection to this stage',
+    'Finding you another one…');
+  start();
 }
 
 // The browser may refuse sound without a click first; then play muted and
@@ -206,57 +249,66 @@ function listen(url) {
     setStage(JSON.parse(event.data).stage ?? null);
   });
   source.addEventListener('error', () => {
-    // EventSource retries by itself unless the server refused outright,
-    // e.g. because this viewer no longer exists.
-    if (source === events && source.readyState === EventSource.CLOSED) {
-      recheckViewer(url);
+    // The stream broke, or the server refused it. EventSource retries by
+    // itself after a pause unless refused; but if this viewer is gone (its
+    // worker died), waiting would only leave a frozen picture on screen.
+    // So the page asks at once.
+    if (source === events) {
+      checkViewer(url);
     }
   });
 }
 
-async function recheckViewer(url) {
-  const run = generation;
-  await sleep(DEFAULT_RETRY_SECONDS * 1000);
-  if (run !== generation || url !== viewerUrl) {
+async function checkViewer(url) {
+  if (checking === url) {
     return;
   }
+  checking = url;
+  const run = generation;
+  const current = () => run === generation && url === viewerUrl;
   try {
     const data = await requestJson(url);
-    setStage(data.stage ?? null);
-    listen(url);
+    if (current()) {
+      setStage(data.stage ?? null);
+      if (events?.readyState === EventSource.CLOSED) {
+        listen(url);
+      }
+    }
   } catch (err) {
-    if (err.status === 404) {
-      viewerUrl = null;
-      start();
-    } else {
-      recheckViewer(url);
+    if (!current()) {
+      return;
+    }
+    if (VIEWER_GONE.has(err.status)) {
+      connectionGone();
+      return;
+    }
+    // Stage cannot be reached right now: ask again in a moment, while the
+    // picture goes on if the media still flows.
+    setTimeout(() => {
+      if (current()) {
+        checkViewer(url);
+      }
+    }, DEFAULT_RETRY_SECONDS * 1000);
+  } finally {
+    if (checking === url) {
+      checking = null;
     }
   }
-}
-
-function sleep(ms) {
-  return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
 function setStage(stage) {
   const previous = state.stage;
   state.stage = stage;
   show(connecting, false);
+  if (lostFor === 'gone') {
+    // News from the new connection's viewer: the stage it landed on.
+    showLost(null);
+  }
 
   if (!stage) {
+    clearStage();
     screen.classList.add('is-waiting');
     show(waiting, true);
-    show(liveBadge, false);
-    show(audioOnly, false);
-    show(reconnecting, false);
-    backAt = null;
-    namedId = null;
-    stageName.textContent = '';
-    watching.textContent = '0';
-    // Nothing to count and nowhere to go: the waiting screen says so itself.
-    show(watching.parentElement, false);
-    nextButton.disabled = true;
-    document.title = 'Watch — Stage';
     return;
   }
 
@@ -281,6 +333,21 @@ function setStage(stage) {
     // still awaited, the callback above names it with this newest data.
     nameStage(stage);
   }
+}
+
+// No stage: nothing to name, to count or to move on from.
+function clearStage() {
+  state.stage = null;
+  show(liveBadge, false);
+  show(audioOnly, false);
+  show(reconnecting, false);
+  backAt = null;
+  namedId = null;
+  stageName.textContent = '';
+  watching.textContent = '0';
+  show(watching.parentElement, false);
+  nextButton.disabled = true;
+  document.title = 'Watch — Stage';
 }
 
 // The server holds a stage whose performer was lost (a reload, an encoder
@@ -357,8 +424,8 @@ async function next() {
   } catch (err) {
     if (err.status === 409) {
       flash('No other stage is live right now');
-    } else if (err.status === 404) {
-      start();
+    } else if (VIEWER_GONE.has(err.status)) {
+      connectionGone();
     } else {
       flash(err.message);
     }
@@ -443,10 +510,14 @@ async function checkVideo() {
     show(reconnecting, false);
   }
 
+  // No video says something about the stage only while the connection
+  // works; a lost connection is said by its own notice.
+  const connected = pc.connectionState === 'connected' && lostFor === null;
   const held = Boolean(state.stage?.reconnecting) || backAt !== null;
   const recent = frames === null || now - lastFrameAt < FRAME_GAP_MS;
   const noVideo = player.videoWidth === 0 || !recent;
-  show(audioOnly, !held && noVideo && now - switchedAt >= NO_VIDEO_AFTER_MS);
+  show(audioOnly, connected && !held && noVideo &&
+    now - switchedAt >= NO_VIDEO_AFTER_MS);
 }
 
 async function framesDecoded(pc) {
