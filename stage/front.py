@@ -8,7 +8,8 @@ the right one, bodies streamed both ways (event streams stay open):
 - `POST /whip/<stage>`: the worker where the stage is live, held or connecting, else
   the one with the fewest stages; its publisher resource: the worker that answered.
 - `POST /whep/<stage>`: the worker carrying the stage. `POST /whep`: a worker drawn
-  with the roulette's weights (below). Either goes to the worker with the fewest
+  with the roulette's weights among the stages the offer's codecs can take (below;
+  the offer, small, is read whole first). Either goes to the worker with the fewest
   viewers instead when that one is full: it mirrors the stage from its worker
   (stage/links.py). A viewer's resource: the worker that made it.
 - `/api/stages/<id>...`: the stage's worker while it has it. Everything else (pages,
@@ -36,6 +37,7 @@ from aiohttp import web
 
 from .config import Settings
 from .directory import Report
+from .relay.negotiation import MAX_OFFER_BYTES, Receivable, receivable_video
 from .server import hide_tokens_in_access_log, wants_json
 from .store import Store
 from .venue import Venue
@@ -89,7 +91,10 @@ class Routes:
     def home(self) -> Worker:
         return self.workers.all[0]
 
-    def worker_for(self, request: web.Request) -> Worker:
+    def worker_for(
+        self, request: web.Request, wanted: Receivable | None = None
+    ) -> Worker:
+        """`wanted`: the video a `POST /whep` offer can receive, if known."""
         parts = request.path.strip("/").split("/")
         match parts:
             case ["whip", stage_id]:
@@ -101,7 +106,7 @@ class Routes:
                     or self.home
                 )
             case ["whep"] if request.method == "POST":
-                return self._with_room(self._roulette())
+                return self._with_room(self._roulette(wanted))
             case ["whep", "viewers", viewer_id, *_]:
                 return self.viewers.get(viewer_id) or self.home
             case ["whep", stage_id] if request.method == "POST":
@@ -127,20 +132,26 @@ class Routes:
         now = asyncio.get_running_loop().time()
         return min(ready, key=lambda worker: worker.busy(now))
 
-    def _roulette(self) -> Worker:
+    def _roulette(self, wanted: Receivable | None) -> Worker:
         """A worker drawn so that each live stage everywhere is as likely as the
-        roulette makes it in one process: weight 1/(1+watching) per stage, the
-        worker's own roulette then choosing among its stages with the same weights.
+        roulette makes it in one process: weight 1/(1+watching) per stage the viewer
+        can decode, the worker's own roulette then choosing among those stages of
+        its own with the same weights. When the viewer can decode none, any stage's
+        worker, which answers as one process would.
         """
         offered: dict[Worker, float] = {}
+        fitting: dict[Worker, float] = {}
         for listing in self.workers.merged:
             worker = self.workers.all[listing.worker]
             if listing.live and worker.ready:
                 weight = 1.0 / (1 + listing.watching)
                 offered[worker] = offered.get(worker, 0.0) + weight
-        if not offered:
+                if wanted is None or wanted.takes(listing):
+                    fitting[worker] = fitting.get(worker, 0.0) + weight
+        drawn = fitting or offered
+        if not drawn:
             return self.home  # it says that nobody is on stage
-        return random.choices(list(offered), weights=list(offered.values()))[0]
+        return random.choices(list(drawn), weights=list(drawn.values()))[0]
 
     def _with_room(self, worker: Worker) -> Worker:
         """The worker, or if it carries as many viewers as it may, the one with the
@@ -182,7 +193,9 @@ class Routes:
 
 async def proxy(request: web.Request) -> web.StreamResponse:
     routes = request.app[ROUTES]
-    worker = routes.worker_for(request)
+    offer = await _roulette_offer(request)
+    wanted = receivable_video(offer.decode("utf-8", "replace")) if offer else None
+    worker = routes.worker_for(request, wanted)
     if not worker.ready or worker.http is None:
         return _unavailable(request, worker)
     if not _arriving_viewer(request):
@@ -190,12 +203,30 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     # Counted as the worker's until it has answered (and its report counts it).
     worker.arriving += 1
     try:
-        response = await _pass_on(request, routes, worker)
+        response = await _pass_on(request, routes, worker, offer)
     finally:
         worker.arriving -= 1
     if response.status == 201:
         worker.joined += 1
     return response
+
+
+async def _roulette_offer(request: web.Request) -> bytes | None:
+    """The body of `POST /whep`, read whole so that the roulette can see which
+    codecs the viewer takes; None for any other request, and for a body too large
+    to be an offer (passed on as it comes: the worker refuses it with 413)."""
+    if request.method != "POST" or request.path.strip("/") != "whep":
+        return None
+    length = request.content_length
+    if length is None or length > MAX_OFFER_BYTES:
+        return None
+    try:
+        return await request.read()
+    except ConnectionError:
+        # The client went away before its whole offer came: nobody is left to
+        # answer, and nothing is wrong with any worker.
+        logger.debug("front: a client left while sending its offer")
+        raise web.HTTPBadRequest(text="The request was not sent whole.") from None
 
 
 def _arriving_viewer(request: web.Request) -> bool:
@@ -205,8 +236,10 @@ def _arriving_viewer(request: web.Request) -> bool:
 
 
 async def _pass_on(
-    request: web.Request, routes: Routes, worker: Worker
+    request: web.Request, routes: Routes, worker: Worker, body: bytes | None = None
 ) -> web.StreamResponse:
+    """Pass the request on to the worker (its body as it comes, or `body` when it
+    was read already) and its answer back."""
     headers = [
         (key, value)
         for key, value in request.headers.items()
@@ -218,7 +251,7 @@ async def _pass_on(
             request.method,
             f"http://worker{request.path_qs}",
             headers=headers,
-            data=request.content if request.body_exists else None,
+            data=body if body is not None else _streamed(request),
             allow_redirects=False,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
         )
@@ -251,6 +284,10 @@ async def _pass_on(
             # worker would wait for it there, so the connection is not used again.
             upstream.close()
     return response
+
+
+def _streamed(request: web.Request):
+    return request.content if request.body_exists else None
 
 
 def _unavailable(

@@ -22,7 +22,7 @@ from .recorder.files import LIVE_SUFFIX, finish
 from .recorder.recording import Recording
 from .relay import roulette
 from .relay.hub import StageHub
-from .relay.negotiation import h264_fits
+from .relay.negotiation import Receivable, h264_fits, receivable_video
 from .relay.publisher import Publisher
 from .relay.viewer import Viewer
 from .store import StageRecord, Store
@@ -475,7 +475,7 @@ class Venue:
         if stage_id is not None:
             hub = await self._live_hub(stage_id)
         else:
-            hub = await self._hub_for(self._first_stage())
+            hub = await self._hub_for(self._first_stage(receivable_video(offer)))
             if hub is None:
                 raise Conflict("Nobody is on stage right now.", retry_after=RETRY_AFTER)
         try:
@@ -522,14 +522,20 @@ class Venue:
             )
         return hub
 
-    def _first_stage(self):
-        """A newcomer's stage: one of this worker's, or else one of another's."""
-        here = roulette.choose([h for h in self.hubs.values() if self._offered(h)])
-        if here is not None or self.mirrors is None:
-            return here
-        return roulette.choose(
-            [s for s in self.directory.elsewhere().values() if s.live]
-        )
+    def _first_stage(self, wanted: Receivable | None):
+        """A newcomer's stage: one of this worker's that the offer can take, or else
+        one of another's (mirrored here). Failing those, any live stage: the answer
+        then says which codecs the viewer takes, and `watch` seats it by them."""
+        here = [h for h in self.hubs.values() if self._offered(h)]
+        elsewhere = []
+        if self.mirrors is not None:
+            elsewhere = [s for s in self.directory.elsewhere().values() if s.live]
+        if wanted is not None:
+            for pool in (here, elsewhere):
+                fitting = [stage for stage in pool if wanted.takes(stage)]
+                if fitting:
+                    return roulette.choose(fitting)
+        return roulette.choose(here if here else elsewhere)
 
     async def _run_viewer(self, viewer: Viewer) -> None:
         """End a visit when its connection goes (`_look_after_viewers`: the rest)."""

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
+from typing import Protocol
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpTransceiver
 from aiortc import sdp as aiortc_sdp
@@ -93,6 +95,59 @@ def parse_offer(text: str, *, sending: bool) -> aiortc_sdp.SessionDescription:
                 f"Stage accepts {describe_accepted()}."
             )
     return offer
+
+
+class StageVideo(Protocol):
+    """A stage as the roulette sees it: a hub here, or a listing of another worker's."""
+
+    video_codec: str | None
+    h264_profile_level_id: str | None
+
+
+@dataclass(frozen=True)
+class Receivable:
+    """The video a viewer's offer can receive, read before anything is answered, so
+    that the roulette draws only among stages the viewer can decode."""
+
+    codecs: frozenset[str]  # among ACCEPTED["video"], spelt as there
+    h264_profiles: tuple  # of H264Profile, one per H.264 codec offered
+
+    def takes(self, stage: StageVideo) -> bool:
+        """Whether the stage's video can be answered to this offer; a stage whose
+        codec is not known yet (no video so far) goes to anyone."""
+        codec = stage.video_codec
+        if codec is None:
+            return True
+        if codec not in self.codecs:
+            return False
+        return codec != "H264" or any(
+            h264_fits(stage.h264_profile_level_id, profile)
+            for profile in self.h264_profiles
+        )
+
+
+def receivable_video(text: str) -> Receivable | None:
+    """What video a viewer's offer can receive, or None when any stage will do (it
+    receives no video) or the offer cannot be read (its answer will say why)."""
+    try:
+        offer = aiortc_sdp.SessionDescription.parse(text)
+    except Exception:  # the parser raises whatever the broken line provokes
+        return None
+    names = {name.lower(): name for name in ACCEPTED["video"]}
+    codecs, profiles = set(), []
+    for section in offer.media:
+        receiving = section.direction in ("recvonly", "sendrecv")
+        if section.kind != "video" or not receiving:
+            continue
+        for codec in section.rtp.codecs:
+            name = names.get(codec.name.lower())
+            if name is not None:
+                codecs.add(name)
+            if name == "H264":
+                profiles.append(_profile_of(codec))
+    if not codecs:
+        return None
+    return Receivable(frozenset(codecs), tuple(profiles))
 
 
 def peer_connection(ice_servers: tuple[str, ...]) -> RTCPeerConnection:
