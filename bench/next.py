@@ -16,7 +16,9 @@ ways of getting to another stage:
   RTCPeerConnection, full ICE gathering, POST /whep/{stage}, answer, a new <video>;
   measured from the start of that to the first presented frame; then DELETE and close.
 
-After each measurement the run waits a random 300-800 ms. The run stops by itself:
+After each measurement the run waits a random 300-800 ms (`--wait LOW HIGH` seconds:
+above about a second a visit has settled, and video's playout delay has been let go
+for lip sync before the next press). The run stops by itself:
 after the counts asked for, or when --budget seconds have passed (then it says how
 many it got). The table gives median, p95 (nearest rank) and max per method and the
 keep/fresh ratios; the JSON with every sample goes to bench/results/next-*.json.
@@ -58,7 +60,7 @@ STAGES = (
     ("Square", 256, 256, 200),
 )
 
-WAIT_RANGE = (0.3, 0.8)  # seconds between measurements
+WAIT_RANGE = (0.3, 0.8)  # seconds between measurements, by default
 STEP_TIMEOUT_MS = 10_000  # one Next or one fresh connection
 HARD_LIMIT = 265.0  # seconds; the whole run is cut here whatever happens
 
@@ -274,7 +276,7 @@ class Bench:
         return None
 
     async def pause(self) -> None:
-        await asyncio.sleep(self.rng.uniform(*WAIT_RANGE))
+        await asyncio.sleep(self.rng.uniform(*self.args.wait))
 
     # keep-connection: the page's own Next button
 
@@ -730,6 +732,14 @@ def main() -> None:
         help="seconds from the start after which no new measurement starts",
     )
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--wait",
+        type=float,
+        nargs=2,
+        default=WAIT_RANGE,
+        metavar=("LOW", "HIGH"),
+        help="seconds between measurements, drawn between these",
+    )
     parser.add_argument(
         "--h264",
         action="store_true",

@@ -109,6 +109,10 @@ class Outlet:
         self._extension_head = b"\xbe\xde\x00\x00"
         self._extension_padding = b""
         self._timed = False
+        self._mid_element = b""
+        self._playout_id: int | None = None
+        self._playout_maximum = 0
+        self._abs_send_time_id: int | None = None
         self._route_kept = None
         self._route_keys: tuple = ()
         self.packets = 0
@@ -131,29 +135,49 @@ class Outlet:
                 self._rtx_types[int(codec.parameters["apt"])] = codec.payloadType
             else:
                 self._payload_types.setdefault(codec.name, codec.payloadType)
-        mid = playout = abs_send_time = b""
+        mid = b""
+        self._playout_id = self._abs_send_time_id = None
         for extension in transceiver._headerExtensions:
             if extension.uri == MID_URI and transceiver.mid:
                 value = transceiver.mid.encode()
                 mid = bytes([extension.id << 4 | (len(value) - 1)]) + value
             elif extension.uri == ABS_SEND_TIME_URI:
-                # The element's head; its 3 bytes of time are written per frame.
-                abs_send_time = bytes([extension.id << 4 | 2])
+                # Its 3 bytes of time are written per frame (_extensions).
+                self._abs_send_time_id = extension.id
             elif extension.uri == PLAYOUT_DELAY_URI and self.kind == "video":
-                # Minimum and maximum delay 0 (12 bits each, 10 ms units): the browser
-                # shows each frame as soon as it is decoded. Without it, Chromium's
-                # delay target grows with every Next (a replayed run arrives at once
-                # and looks like jitter) and lip sync holds video back to the audio
-                # buffer: p50 530 ms from Next to picture against 31 ms with it, in
-                # the same session (bench/README.md).
-                playout = bytes([extension.id << 4 | 2, 0, 0, 0])
+                self._playout_id = extension.id
+        self._mid_element = mid
+        self._timed = self._abs_send_time_id is not None
+        self._build_extensions()
+
+    def set_playout_delay(self, maximum_ms: int) -> None:
+        """What the playout-delay extension asks of the browser from the next frame on.
+
+        0 (min = max = 0): show each frame as soon as it is decoded, which is what makes
+        a landing instant (viewer.py says when). Above 0: min 0 and this maximum, which
+        leaves the browser free to hold video back for lip sync.
+        """
+        if maximum_ms != self._playout_maximum:
+            self._playout_maximum = maximum_ms
+            self._build_extensions()
+
+    def _build_extensions(self) -> None:
+        mid = self._mid_element
+        playout = b""
+        if self._playout_id is not None:
+            # 12 bits of minimum (0) and 12 of maximum, in 10 ms units.
+            units = min(self._playout_maximum // 10, 0xFFF)
+            playout = bytes([self._playout_id << 4 | 2, 0, units >> 8, units & 0xFF])
+        abs_send_time = b""
+        if self._timed:
+            # The element's head only: its time is written per frame.
+            abs_send_time = bytes([self._abs_send_time_id << 4 | 2])
         # RFC 8285 one-byte header form: 0xBEDE, length in 32-bit words, elements,
         # padding. abs-send-time goes last, so that all before its time is fixed.
         elements = len(mid) + len(playout) + (4 if abs_send_time else 0)
         words = -(-elements // 4)
         padding = b"\x00" * (words * 4 - elements)
         head = b"\xbe\xde" + words.to_bytes(2, "big") + mid + playout + abs_send_time
-        self._timed = bool(abs_send_time)
         self._extension_head = head if self._timed else head + padding
         self._extension_padding = padding
 

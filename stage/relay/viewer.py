@@ -41,6 +41,15 @@ logger = logging.getLogger(__name__)
 # as delay, and since video is shown at once (outlet.py, playout delay 0) that delay
 # would be the lip-sync error for the whole visit.
 QUEUE_LIMIT = {"video": 90, "audio": 3}
+# Video lands with playout delay 0 (outlet.py): the browser shows the replayed run and
+# the first live frames the moment they are decoded, which is what makes Next instant.
+# Held at 0, though, it also keeps the browser from holding video back to match its
+# audio buffer: sound came 130 ms after the picture (getStats' estimated playout
+# times; 140 ms between flash and beep on the page). So once a landing has settled,
+# video asks for min 0, max SYNC_DELAY_MS, and the browser's lip sync takes over;
+# the next landing asks for 0 again.
+LANDING_SECONDS = 1.0
+SYNC_DELAY_MS = 1000
 # Replayed frames are put one clock tick apart, ending at "now": the browser decodes
 # them straight away and shows the newest, which is the publisher's current picture.
 REPLAY_STEP = 1
@@ -73,6 +82,7 @@ class ViewerTrack(MediaStreamTrack):
         self._last_pts: int | None = None
         self._last_sent = 0.0
         self._needs_keyframe = kind == "video"
+        self._settles_at: float | None = None
         self.forwarded = 0
         self.dropped = 0
 
@@ -114,6 +124,7 @@ class ViewerTrack(MediaStreamTrack):
         self._offset = max(now - age, now + 1 - _frame_step(self.kind)) - last.timestamp
         self._source = last.source
         self._needs_keyframe = False
+        self._land()
         for i, frame in enumerate(frames):
             if not self._deliver(frame, now - (count - 1 - i) * REPLAY_STEP):
                 break
@@ -135,6 +146,12 @@ class ViewerTrack(MediaStreamTrack):
         self._offset = self._next_start() - frame.timestamp
         self._source = frame.source
         self._waiting.clear()
+        self._land()
+
+    def _land(self) -> None:
+        if self.kind == "video":
+            self.outlet.set_playout_delay(0)
+            self._settles_at = time.monotonic() + LANDING_SECONDS
 
     def _deliver(self, frame: MediaFrame, pts: int) -> bool:
         """Send a frame now, or hold it until the connection is up."""
@@ -162,6 +179,9 @@ class ViewerTrack(MediaStreamTrack):
         self._last_pts = pts
         self._last_sent = time.monotonic()
         self.forwarded += 1
+        if self._settles_at is not None and self._last_sent >= self._settles_at:
+            self._settles_at = None
+            self.outlet.set_playout_delay(SYNC_DELAY_MS)
         return True
 
     async def recv(self):
