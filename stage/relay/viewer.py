@@ -38,8 +38,8 @@ logger = logging.getLogger(__name__)
 # Frames held for a viewer whose connection is not up yet (it is attached to a stage
 # as soon as it is answered). Video: about a second, then it starts again on a
 # keyframe. Audio: 60 ms. Audio sent in a burst stays in the browser's audio buffer
-# as delay, and since video is shown at once (outlet.py, playout delay 0) that delay
-# would be the lip-sync error for the whole visit.
+# as delay: while video lands (playout delay 0, below) that delay is the lip-sync
+# error, and once lip sync takes over video is held back by as much.
 QUEUE_LIMIT = {"video": 90, "audio": 3}
 # Video lands with playout delay 0 (outlet.py): the browser shows the replayed run and
 # the first live frames the moment they are decoded, which is what makes Next instant.
