@@ -99,23 +99,28 @@ class Recording:
         frames = [f for f, _ in placed]
         self._origin = min(seconds for _, seconds in placed)
 
+        # Every track the publisher offered gets a stream, whether or not it has sent
+        # anything yet: a microphone allowed late, a camera switched on later or a
+        # first keyframe lost from an encoder that ignores PLIs starts its track
+        # seconds after the other, and a file opened without it could never take it.
+        # A stream that stays empty is left out when the file is finished (files.py).
         keyframes = [f for f in frames if f.kind == "video" and f.keyframe]
         video = None
-        if keyframes:
-            width, height = keyframes[0].size or (640, 480)
+        if "video" in self._tracks:
+            width, height = (keyframes[0].size if keyframes else None) or (640, 480)
             video = (self._video_codec or "VP8", width, height)
-        audio = any(f.kind == "audio" for f in frames)
+        audio = "audio" in self._tracks
         self._writer = Writer(
             self.live_path, self._format, video, audio, self._fail_soon
         )
-        self._kinds_written = {"video"} if video else set()
-        if audio:
-            self._kinds_written.add("audio")
+        self._kinds_written = set(self._tracks)
+        waiting = sorted(set(self._tracks) - {f.kind for f in frames})
         logger.info(
-            "recording %s started: %s, aligned by %s",
+            "recording %s started: %s, aligned by %s%s",
             self.live_path.name,
             "+".join(sorted(self._kinds_written)),
             "sender reports" if by_reports else "arrival time",
+            f"; no {' or '.join(waiting)} yet" if waiting else "",
         )
         for frame, seconds in placed:
             self._write(frame, seconds)
@@ -153,11 +158,19 @@ class Recording:
     def _place(self, frame: MediaFrame) -> float | None:
         timeline = self._timelines.get(frame.source)
         if timeline is None:
-            # A source we have not seen (it cannot happen within one performance, but
-            # never write a frame on a guessed clock): continue from where we are.
-            seconds = self._origin + self._last_pts.get(frame.kind, 0) / 1000 + 0.02
+            # A track whose first frame came after the file was opened: it begins
+            # where its arrival falls on the timeline of the tracks already placed
+            # (their sender reports, if any, came with frames this one did not have).
+            seconds = self._arrival_seconds(frame)
             timeline = self._timelines[frame.source] = self._timeline(frame, seconds)
         return timeline.place(frame.timestamp, frame.arrival)
+
+    def _arrival_seconds(self, frame: MediaFrame) -> float:
+        """Where a frame's arrival falls on the timeline the other tracks follow."""
+        if not self._timelines:
+            return self._origin
+        latest = max(self._timelines.values(), key=lambda t: t.last_arrival)
+        return latest.newest_seconds + (frame.arrival - latest.last_arrival)
 
     def _write(self, frame: MediaFrame, seconds: float | None = None) -> None:
         if frame.kind not in self._kinds_written:
