@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.media import publisher_tracks
-from tests.peers import Publisher, Viewer
+from tests.peers import PatternTrack, Publisher, Viewer
 from tests.show import (
     BeepTrack,
     CaptureClock,
@@ -160,6 +160,32 @@ async def test_camera_resolution_change_mid_show_still_decodes(
     print(f"resize: {wall:.2f} s wall, sizes {checked.sizes}, {checked.counts}")
     assert_plays(checked, seconds=wall)
     assert checked.sizes == [(640, 480), (1280, 720)], checked.sizes
+
+
+async def test_a_camera_switched_with_replace_track_keeps_the_recording_decodable(
+    server, http, new_stage, tmp_path
+):
+    # B18: the performer switches camera mid-show (replaceTrack). aiortc's sender
+    # stamps the new camera's frames from its own start, so the RTP clock steps back
+    # and the recorder drops a second of "stale" frames, the new camera's keyframe
+    # among them: the frames after it must not be written without it. No viewer
+    # watches, so nobody else asks the publisher for a keyframe.
+    stage = await new_stage()
+    publisher = await Publisher(server.base, stage["id"], stage["key"]).start()
+    began = time.monotonic()
+    await asyncio.sleep(4)
+    (sender,) = [s for s in publisher.pc.getSenders() if s.track.kind == "video"]
+    sender.replaceTrack(PatternTrack(width=640, height=360, shade=120))
+    await asyncio.sleep(5)
+    await publisher.stop()
+    wall = time.monotonic() - began
+    performance = await wait_recording(http, server, stage)
+    path = await download(http, server, stage, performance, tmp_path)
+    checked = check_file(path)
+    print(f"camera switch: {wall:.2f} s wall, {checked.sizes}, {checked.counts}")
+    assert_plays(checked, seconds=wall)
+    assert checked.sizes == [(320, 240), (640, 360)], checked.sizes
+    assert checked.spans["video"][1] > wall - 1.0, checked.spans
 
 
 async def test_long_performance_with_real_footage(
