@@ -42,8 +42,10 @@ class Recording:
         kinds: dict[str, object],
         video_codec: str | None,
         on_failure: Callable[[str], None],
+        want_keyframe: Callable[[], None] = lambda: None,
     ) -> None:
-        """`kinds` maps "audio"/"video" to the publisher tracks that will feed us."""
+        """`kinds` maps "audio"/"video" to the publisher tracks that will feed us;
+        `want_keyframe` asks the publisher for one."""
         self.state = "recording"
         self.error: str | None = None
         self._tracks = kinds
@@ -51,6 +53,7 @@ class Recording:
         self._format, extension = container_for(video_codec)
         self.live_path, self.path = recording_paths(folder, started_at, extension)
         self._on_failure = on_failure
+        self._want_keyframe = want_keyframe
         self._loop = asyncio.get_running_loop()
         self._pending: list[MediaFrame] = []
         self._first_arrival: float | None = None
@@ -178,9 +181,18 @@ class Recording:
         if seconds is None:
             seconds = self._place(frame)
             if seconds is None:
-                return  # stale
+                # Stale, and dropped. The frames after a dropped keyframe cannot be
+                # decoded without it (a camera switched with replaceTrack restarts
+                # the clock on one): wait for the next. An old delta frame handed
+                # over again is no loss: the newer frames never referred to it.
+                if frame.kind == "video" and frame.keyframe:
+                    self._video_waits_for_keyframe = True
+                return
         if frame.kind == "video" and self._video_waits_for_keyframe:
             if not frame.keyframe:
+                # Asked again while it waits: the hub asks at most every 0.3 s, and
+                # a keyframe that came while frames were stale was dropped too.
+                self._want_keyframe()
                 return
             self._video_waits_for_keyframe = False
         pts = round((seconds - self._origin) * 1000)
