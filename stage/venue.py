@@ -338,6 +338,7 @@ class Venue:
             dict(hub.publisher.tracks),
             hub.video_codec,
             on_failure,
+            hub.want_keyframe,
         )
         self.store.set_recording(
             performance_id, state="recording", path=self._relative(recording.path)

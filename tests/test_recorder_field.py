@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.media import publisher_tracks
-from tests.peers import Publisher, Viewer
+from tests.peers import PatternTrack, Publisher, Viewer
 from tests.show import (
     BeepTrack,
     CaptureClock,
@@ -92,6 +92,61 @@ async def test_audio_starting_two_seconds_after_video(
     assert abs(audio[1] - video[1]) < 0.5, checked.spans
 
 
+class LateFlashTrack(FlashTrack):
+    """A camera that sends nothing for its first `delay` seconds (switched on late)."""
+
+    def __init__(self, clock: CaptureClock, delay: float) -> None:
+        super().__init__(clock)
+        self.delay = delay
+
+    async def recv(self):
+        if self._index is None:
+            await self.clock.until(self.delay)
+        return await super().recv()
+
+
+class SilentCamera(FlashTrack):
+    """A camera track that is offered but never sends a frame (camera disabled)."""
+
+    async def recv(self):
+        await asyncio.sleep(3600)
+
+
+@pytest.mark.parametrize("late", ["audio", "video"])
+async def test_a_track_that_starts_five_seconds_late_is_still_recorded(
+    server, http, new_stage, tmp_path, late
+):
+    # B08, B17: a microphone allowed late, a camera switched on late, or the first
+    # keyframe lost from an encoder that ignores PLIs. The recording used to open its
+    # file 3 s in with only the tracks seen so far, and the late one was never written.
+    clock = CaptureClock()
+    if late == "audio":
+        tracks = [BeepTrack(clock, delay=5.0), FlashTrack(clock)]
+    else:
+        tracks = [BeepTrack(clock), LateFlashTrack(clock, delay=5.0)]
+    path, wall = await perform(server, http, new_stage, tmp_path, tracks, 10)
+    checked = check_file(path)
+    print(f"{late} 5 s late: {wall:.2f} s wall, {checked.counts}, {checked.spans}")
+    assert_plays(checked, seconds=wall)
+    on_time = "video" if late == "audio" else "audio"
+    began = checked.spans[late][0] - checked.spans[on_time][0]
+    assert 4.0 < began < 6.0, f"the {late} begins {began:.2f} s in: {checked.spans}"
+    assert abs(checked.spans[late][1] - checked.spans[on_time][1]) < 0.5, checked.spans
+
+
+async def test_a_camera_that_never_sends_gives_an_audio_only_file(
+    server, http, new_stage, tmp_path
+):
+    # B05: the camera track is offered but disabled; only sound is ever sent.
+    clock = CaptureClock()
+    tracks = [BeepTrack(clock), SilentCamera(clock)]
+    path, wall = await perform(server, http, new_stage, tmp_path, tracks, 5)
+    checked = check_file(path)
+    print(f"camera off: {wall:.2f} s wall, {checked.counts}, {checked.probed}")
+    assert set(checked.probed) == {"audio"}, f"streams in the file: {checked.probed}"
+    assert_plays(checked, kinds=("audio",), seconds=wall)
+
+
 async def test_camera_resolution_change_mid_show_still_decodes(
     server, http, new_stage, tmp_path
 ):
@@ -105,6 +160,32 @@ async def test_camera_resolution_change_mid_show_still_decodes(
     print(f"resize: {wall:.2f} s wall, sizes {checked.sizes}, {checked.counts}")
     assert_plays(checked, seconds=wall)
     assert checked.sizes == [(640, 480), (1280, 720)], checked.sizes
+
+
+async def test_a_camera_switched_with_replace_track_keeps_the_recording_decodable(
+    server, http, new_stage, tmp_path
+):
+    # B18: the performer switches camera mid-show (replaceTrack). aiortc's sender
+    # stamps the new camera's frames from its own start, so the RTP clock steps back
+    # and the recorder drops a second of "stale" frames, the new camera's keyframe
+    # among them: the frames after it must not be written without it. No viewer
+    # watches, so nobody else asks the publisher for a keyframe.
+    stage = await new_stage()
+    publisher = await Publisher(server.base, stage["id"], stage["key"]).start()
+    began = time.monotonic()
+    await asyncio.sleep(4)
+    (sender,) = [s for s in publisher.pc.getSenders() if s.track.kind == "video"]
+    sender.replaceTrack(PatternTrack(width=640, height=360, shade=120))
+    await asyncio.sleep(5)
+    await publisher.stop()
+    wall = time.monotonic() - began
+    performance = await wait_recording(http, server, stage)
+    path = await download(http, server, stage, performance, tmp_path)
+    checked = check_file(path)
+    print(f"camera switch: {wall:.2f} s wall, {checked.sizes}, {checked.counts}")
+    assert_plays(checked, seconds=wall)
+    assert checked.sizes == [(320, 240), (640, 360)], checked.sizes
+    assert checked.spans["video"][1] > wall - 1.0, checked.spans
 
 
 async def test_long_performance_with_real_footage(

@@ -55,44 +55,25 @@ def finish(live: Path) -> Finished:
     """Remux a live file into its final name; drop it if it holds no frame at all.
 
     Demuxing stops at the first damaged packet, which after a crash is the torn end
-    of the file; everything before it is kept.
+    of the file; everything before it is kept. A stream that got no packet (a track
+    the publisher offered but never sent) is left out, so that an audio-only show
+    gives an audio-only file rather than one with an empty picture.
     """
     final = final_path_for(live)
-    frames = {"audio": 0, "video": 0}
-    first = last = None
+    remuxed = _Remuxed()
     if not live.is_file():
-        return Finished(None, 0.0, 0, frames)
+        return Finished(None, 0.0, 0, remuxed.frames)
     try:
-        source = av.open(str(live))
-    except (av.FFmpegError, OSError) as exc:
+        remuxed = _remux(live, final, kinds=("audio", "video"))
+        empty = [kind for kind in remuxed.streams if not remuxed.frames[kind]]
+        if empty and any(remuxed.frames.values()):
+            logger.info("recording %s: no %s sent, left out", live.name, empty)
+            kept = tuple(kind for kind in remuxed.streams if kind not in empty)
+            remuxed = _remux(live, final, kinds=kept)
+    except _Unreadable as exc:
         logger.warning("recording %s: unreadable, dropped (%s)", live.name, exc)
         _remove(live)
-        return Finished(None, 0.0, 0, frames)
-
-    try:
-        kinds = [s for s in source.streams if s.type in ("audio", "video")]
-        if not kinds:
-            raise EOFError("no audio or video stream")
-        format_name = "matroska" if final.suffix == ".mkv" else "webm"
-        with av.open(str(final), "w", format=format_name) as target:
-            streams = {s.index: target.add_stream_from_template(s) for s in kinds}
-            try:
-                for packet in source.demux(kinds):
-                    if packet.dts is None or packet.size == 0:
-                        continue
-                    frames[packet.stream.type] += 1
-                    seconds = float(packet.pts * packet.time_base)
-                    first = seconds if first is None else min(first, seconds)
-                    last = seconds if last is None else max(last, seconds)
-                    packet.stream = streams[packet.stream.index]
-                    target.mux(packet)
-            except (av.FFmpegError, EOFError) as exc:
-                logger.info(
-                    "recording %s: torn end after %s frames (%s)",
-                    live.name,
-                    frames,
-                    exc,
-                )
+        return Finished(None, 0.0, 0, remuxed.frames)
     except (OSError, av.FFmpegError, EOFError) as exc:
         # No room (or no sense) for a second copy: the live file is still playable
         # from start to end, it only lacks duration and cues.
@@ -100,23 +81,85 @@ def finish(live: Path) -> Finished:
             "recording %s: remux failed, keeping the live file (%s)", live.name, exc
         )
         _remove(final)
-        if not any(frames.values()):
+        remuxed = getattr(exc, "remuxed", remuxed)
+        if not any(remuxed.frames.values()):
             _remove(live)
-            return Finished(None, 0.0, 0, frames)
+            return Finished(None, 0.0, 0, remuxed.frames)
         trim_torn_end(live)
         live.rename(final)
-        duration = (last - first) if first is not None else 0.0
-        return Finished(final, duration, final.stat().st_size, frames)
-    finally:
-        source.close()
+        return Finished(final, remuxed.duration, final.stat().st_size, remuxed.frames)
 
-    if not any(frames.values()):
+    if not any(remuxed.frames.values()):
         _remove(final)
         _remove(live)
-        return Finished(None, 0.0, 0, frames)
+        return Finished(None, 0.0, 0, remuxed.frames)
     _remove(live)
-    duration = (last - first) if first is not None else 0.0
-    return Finished(final, duration, final.stat().st_size, frames)
+    return Finished(final, remuxed.duration, final.stat().st_size, remuxed.frames)
+
+
+class _Unreadable(Exception):
+    """The live file cannot be opened at all."""
+
+
+class _Remuxed:
+    """What one remux pass copied: packets per kind, the kinds it had, its span."""
+
+    def __init__(self) -> None:
+        self.frames = {"audio": 0, "video": 0}
+        self.streams: list[str] = []
+        self.first: float | None = None
+        self.last: float | None = None
+
+    @property
+    def duration(self) -> float:
+        return (self.last - self.first) if self.first is not None else 0.0
+
+    def count(self, kind: str, seconds: float) -> None:
+        self.frames[kind] += 1
+        self.first = seconds if self.first is None else min(self.first, seconds)
+        self.last = seconds if self.last is None else max(self.last, seconds)
+
+
+def _remux(live: Path, final: Path, kinds: tuple[str, ...]) -> _Remuxed:
+    """Copy the packets of the streams of `kinds` from `live` into `final`.
+
+    A failure is raised with what was copied until then as its `remuxed`.
+    """
+    remuxed = _Remuxed()
+    try:
+        source = av.open(str(live))
+    except (av.FFmpegError, OSError) as exc:
+        raise _Unreadable(exc) from exc
+    try:
+        chosen = [s for s in source.streams if s.type in kinds]
+        if not chosen:
+            raise EOFError("no audio or video stream")
+        remuxed.streams = [s.type for s in chosen]
+        format_name = "matroska" if final.suffix == ".mkv" else "webm"
+        with av.open(str(final), "w", format=format_name) as target:
+            streams = {s.index: target.add_stream_from_template(s) for s in chosen}
+            try:
+                for packet in source.demux(chosen):
+                    if packet.dts is None or packet.size == 0:
+                        continue
+                    remuxed.count(
+                        packet.stream.type, float(packet.pts * packet.time_base)
+                    )
+                    packet.stream = streams[packet.stream.index]
+                    target.mux(packet)
+            except (av.FFmpegError, EOFError) as exc:
+                logger.info(
+                    "recording %s: torn end after %s frames (%s)",
+                    live.name,
+                    remuxed.frames,
+                    exc,
+                )
+    except (OSError, av.FFmpegError, EOFError) as exc:
+        exc.remuxed = remuxed
+        raise
+    finally:
+        source.close()
+    return remuxed
 
 
 # Matroska element ids (RFC 9559) that the trim below needs.

@@ -42,8 +42,10 @@ class Recording:
         kinds: dict[str, object],
         video_codec: str | None,
         on_failure: Callable[[str], None],
+        want_keyframe: Callable[[], None] = lambda: None,
     ) -> None:
-        """`kinds` maps "audio"/"video" to the publisher tracks that will feed us."""
+        """`kinds` maps "audio"/"video" to the publisher tracks that will feed us;
+        `want_keyframe` asks the publisher for one."""
         self.state = "recording"
         self.error: str | None = None
         self._tracks = kinds
@@ -51,6 +53,7 @@ class Recording:
         self._format, extension = container_for(video_codec)
         self.live_path, self.path = recording_paths(folder, started_at, extension)
         self._on_failure = on_failure
+        self._want_keyframe = want_keyframe
         self._loop = asyncio.get_running_loop()
         self._pending: list[MediaFrame] = []
         self._first_arrival: float | None = None
@@ -99,23 +102,28 @@ class Recording:
         frames = [f for f, _ in placed]
         self._origin = min(seconds for _, seconds in placed)
 
+        # Every track the publisher offered gets a stream, whether or not it has sent
+        # anything yet: a microphone allowed late, a camera switched on later or a
+        # first keyframe lost from an encoder that ignores PLIs starts its track
+        # seconds after the other, and a file opened without it could never take it.
+        # A stream that stays empty is left out when the file is finished (files.py).
         keyframes = [f for f in frames if f.kind == "video" and f.keyframe]
         video = None
-        if keyframes:
-            width, height = keyframes[0].size or (640, 480)
+        if "video" in self._tracks:
+            width, height = (keyframes[0].size if keyframes else None) or (640, 480)
             video = (self._video_codec or "VP8", width, height)
-        audio = any(f.kind == "audio" for f in frames)
+        audio = "audio" in self._tracks
         self._writer = Writer(
             self.live_path, self._format, video, audio, self._fail_soon
         )
-        self._kinds_written = {"video"} if video else set()
-        if audio:
-            self._kinds_written.add("audio")
+        self._kinds_written = set(self._tracks)
+        waiting = sorted(set(self._tracks) - {f.kind for f in frames})
         logger.info(
-            "recording %s started: %s, aligned by %s",
+            "recording %s started: %s, aligned by %s%s",
             self.live_path.name,
             "+".join(sorted(self._kinds_written)),
             "sender reports" if by_reports else "arrival time",
+            f"; no {' or '.join(waiting)} yet" if waiting else "",
         )
         for frame, seconds in placed:
             self._write(frame, seconds)
@@ -153,11 +161,19 @@ class Recording:
     def _place(self, frame: MediaFrame) -> float | None:
         timeline = self._timelines.get(frame.source)
         if timeline is None:
-            # A source we have not seen (it cannot happen within one performance, but
-            # never write a frame on a guessed clock): continue from where we are.
-            seconds = self._origin + self._last_pts.get(frame.kind, 0) / 1000 + 0.02
+            # A track whose first frame came after the file was opened: it begins
+            # where its arrival falls on the timeline of the tracks already placed
+            # (their sender reports, if any, came with frames this one did not have).
+            seconds = self._arrival_seconds(frame)
             timeline = self._timelines[frame.source] = self._timeline(frame, seconds)
         return timeline.place(frame.timestamp, frame.arrival)
+
+    def _arrival_seconds(self, frame: MediaFrame) -> float:
+        """Where a frame's arrival falls on the timeline the other tracks follow."""
+        if not self._timelines:
+            return self._origin
+        latest = max(self._timelines.values(), key=lambda t: t.last_arrival)
+        return latest.newest_seconds + (frame.arrival - latest.last_arrival)
 
     def _write(self, frame: MediaFrame, seconds: float | None = None) -> None:
         if frame.kind not in self._kinds_written:
@@ -165,9 +181,18 @@ class Recording:
         if seconds is None:
             seconds = self._place(frame)
             if seconds is None:
-                return  # stale
+                # Stale, and dropped. The frames after a dropped keyframe cannot be
+                # decoded without it (a camera switched with replaceTrack restarts
+                # the clock on one): wait for the next. An old delta frame handed
+                # over again is no loss: the newer frames never referred to it.
+                if frame.kind == "video" and frame.keyframe:
+                    self._video_waits_for_keyframe = True
+                return
         if frame.kind == "video" and self._video_waits_for_keyframe:
             if not frame.keyframe:
+                # Asked again while it waits: the hub asks at most every 0.3 s, and
+                # a keyframe that came while frames were stale was dropped too.
+                self._want_keyframe()
                 return
             self._video_waits_for_keyframe = False
         pts = round((seconds - self._origin) * 1000)

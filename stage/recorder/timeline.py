@@ -60,6 +60,16 @@ class TrackTimeline:
         self.dropped = 0
         self._rebase(seconds, timestamp, arrival)
 
+    @property
+    def last_arrival(self) -> float:
+        """When the newest frame placed arrived (monotonic seconds)."""
+        return self._last_arrival
+
+    @property
+    def newest_seconds(self) -> float:
+        """Where the newest frame placed fell on the recording's timeline."""
+        return self._newest_seconds
+
     def place(self, timestamp: int, arrival: float) -> float | None:
         """Seconds for a frame, or None for a stale frame that is best dropped."""
         if timestamp < self._newest:
