@@ -185,3 +185,31 @@ async def test_a_recording_still_being_made_is_a_conflict_not_missing(
     async with http.get(server.base + done["recording"]["url"], headers=headers) as r:
         assert r.status == 200
         assert decode(await r.read())["counts"]["video"] > 0
+
+
+async def test_a_recording_nobody_watched_can_be_sought_every_few_seconds(
+    server, new_stage, http
+):
+    """A publisher that sends keyframes only when asked (as browsers mostly do) and
+    nobody watching: the recording still has one at least every ~2 s, so a seek or
+    a clip's cut never has to decode from far back (B06)."""
+    stage = await new_stage()
+    publisher = await Publisher(server.base, stage["id"], stage["key"]).start()
+    await asyncio.sleep(9)
+    await publisher.stop()
+
+    recording = (await wait_recording(http, server, stage))["recording"]
+    headers = {"Authorization": f"Bearer {stage['key']}"}
+    async with http.get(server.base + recording["url"], headers=headers) as response:
+        assert response.status == 200
+        data = await response.read()
+    with av.open(io.BytesIO(data)) as container:
+        video = container.streams.video[0]
+        keyframes = [
+            float(packet.pts * packet.time_base)
+            for packet in container.demux(video)
+            if packet.pts is not None and packet.is_keyframe
+        ]
+        end = float(container.duration / 1e6)
+    gaps = [b - a for a, b in zip(keyframes, [*keyframes[1:], end])]
+    assert len(keyframes) >= 3 and max(gaps) <= 3.0, (keyframes, end)

@@ -35,6 +35,13 @@ KEYFRAME_RETRY = 1.0
 # interval) nothing is kept and newcomers wait for the next keyframe.
 PICTURE_REFRESH = 30
 PICTURE_LIMIT = 60
+# The recording is sought and cut at keyframes (a player's seek, a clip's start), and
+# a browser with nobody watching may send none for minutes: a 120 s show had them at
+# 0, 3 and 103 s, so seeking to 60 s meant decoding from 3 s. With or without
+# viewers, a keyframe is asked for once this many frames went by without one (2 s at
+# 30 fps, what streaming platforms ask of encoders); encoders that send them at least
+# that often are never asked.
+RECORDING_REFRESH = 60
 
 
 class Consumer(Protocol):
@@ -52,6 +59,7 @@ class StageHub:
         self._last_keyframe_request = 0.0
         self._retry: asyncio.TimerHandle | None = None
         self._picture: list[MediaFrame] = []
+        self._since_keyframe = 0
         self.ended = False
         self.last_frame_at = time.monotonic()
         publisher.deliver = self._on_frame
@@ -77,6 +85,7 @@ class StageHub:
         publisher.deliver = self._on_frame
         publisher.want_keyframe = self.want_keyframe
         self._picture = []
+        self._since_keyframe = 0
         self.last_frame_at = time.monotonic()
         self.want_keyframe()
         return old
@@ -94,7 +103,12 @@ class StageHub:
         if frame.keyframe:
             self._keyframe_wanted = False
             self._picture = [frame]
-        elif self._picture:
+            self._since_keyframe = 0
+            return
+        self._since_keyframe += 1
+        if self._since_keyframe == RECORDING_REFRESH + 1:
+            self.want_keyframe()
+        if self._picture:
             self._picture.append(frame)
             # Asked one frame past the refresh length, so that an encoder with a
             # keyframe every PICTURE_REFRESH frames (OBS at 1 s) is never asked, and
