@@ -35,7 +35,8 @@ EVENT_PACE = 0.25
 # RFC 5482). A client whose packets are all lost (a firewall, a lid shut, a phone off
 # Wi-Fi) sends no FIN or RST: without the timeout TCP keeps retrying for about 15
 # minutes, holding the stream. With both, it is freed at most about 11 s after
-# the last packet that got through (B28).
+# the last packet that got through (B28). The front (`--workers`), where the client's
+# TCP connection ends then, does the same with the streams it passes on.
 HEARTBEAT = 5.0
 DEAD_CLIENT = 5.0
 # How often a waiting stream looks whether its connection was dropped meanwhile.
@@ -169,7 +170,7 @@ async def send_events(request: web.Request, topic, read) -> web.StreamResponse:
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
     )
     await response.prepare(request)
-    _drop_when_unacknowledged(request, DEAD_CLIENT)
+    drop_when_unacknowledged(request, DEAD_CLIENT)
     last = None
     bulletin = request.app[VENUE].bulletin
     with bulletin.listen(topic) as changed:
@@ -197,8 +198,7 @@ async def _next_change(changed: asyncio.Event, request: web.Request) -> bool:
     """True on a change, False when a heartbeat is due; a client gone ends the wait."""
     deadline = time.monotonic() + HEARTBEAT
     while True:
-        transport = request.transport
-        if transport is None or transport.is_closing():
+        if client_gone(request):
             raise ConnectionResetError("the client is gone")
         left = deadline - time.monotonic()
         if left <= 0:
@@ -210,8 +210,16 @@ async def _next_change(changed: asyncio.Event, request: web.Request) -> bool:
             continue
 
 
-def _drop_when_unacknowledged(request: web.Request, seconds: float) -> None:
-    """Have the kernel end this connection when data stays unacknowledged so long."""
+def client_gone(request: web.Request) -> bool:
+    """Whether the client's connection was closed or dropped (an event stream's
+    handler is not cancelled then: it has to look)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+def drop_when_unacknowledged(request: web.Request, seconds: float) -> None:
+    """Have the kernel end this connection when data stays unacknowledged so long.
+    Also used by the front (stage/front.py) on the event streams it passes on."""
     transport = request.transport
     sock = transport.get_extra_info("socket") if transport is not None else None
     if sock is None or not hasattr(socket, "TCP_USER_TIMEOUT"):

@@ -35,6 +35,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from .api import CLIENT_CHECK, DEAD_CLIENT, client_gone, drop_when_unacknowledged
 from .config import Settings
 from .directory import Report
 from .relay.negotiation import MAX_OFFER_BYTES, Receivable, receivable_video
@@ -275,8 +276,11 @@ async def _pass_on(
         # Chunks as they come: an event stream is written a line at a time, for hours.
         # Either side may go away meanwhile (a closed page, a worker that died).
         with contextlib.suppress(aiohttp.ClientPayloadError, ConnectionResetError):
-            async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
+            if upstream.content_type == "text/event-stream":
+                await _pass_events(request, upstream, response)
+            else:
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
             await response.write_eof()
         if request.body_exists and not request.content.at_eof():
             # The worker answered before the whole body had come (a 413 for an
@@ -284,6 +288,35 @@ async def _pass_on(
             # worker would wait for it there, so the connection is not used again.
             upstream.close()
     return response
+
+
+async def _pass_events(
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    response: web.StreamResponse,
+) -> None:
+    """An event stream, passed on until the worker ends it or the client is gone.
+
+    The client's TCP connection ends here, not at the worker: a client whose network
+    died silently (B28) is dropped by this process's kernel once a heartbeat from the
+    worker stays unacknowledged, as in one process (stage/api.py). The connection to
+    the worker is then closed at once, and the worker frees its side of the stream.
+    """
+    drop_when_unacknowledged(request, DEAD_CLIENT)
+    try:
+        while not client_gone(request):
+            try:
+                chunk = await asyncio.wait_for(upstream.content.readany(), CLIENT_CHECK)
+            except TimeoutError:
+                continue  # nothing from the worker: look at the client again
+            if not chunk:
+                return  # the worker ended the stream
+            await response.write(chunk)
+        raise ConnectionResetError("the client is gone")
+    except ConnectionResetError:
+        logger.debug("front: an event stream's client is gone")
+        upstream.close()
+        raise
 
 
 def _streamed(request: web.Request):
