@@ -204,7 +204,8 @@ async def _next_change(changed: asyncio.Event, request: web.Request) -> bool:
         if left <= 0:
             return False
         try:
-            await asyncio.wait_for(changed.wait(), min(left, CLIENT_CHECK))
+            async with asyncio.timeout(min(left, CLIENT_CHECK)):
+                await changed.wait()
             return True
         except TimeoutError:
             continue

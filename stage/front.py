@@ -306,7 +306,8 @@ async def _pass_events(
     try:
         while not client_gone(request):
             try:
-                chunk = await asyncio.wait_for(upstream.content.readany(), CLIENT_CHECK)
+                async with asyncio.timeout(CLIENT_CHECK):
+                    chunk = await upstream.content.readany()
             except TimeoutError:
                 continue  # nothing from the worker: look at the client again
             if not chunk:
