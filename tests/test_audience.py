@@ -419,6 +419,223 @@ async def test_performer_cut_off_moves_viewers_on_and_counts_fall_to_zero(
         await viewer.wait_video(count=5, since=since, timeout=15)
 
 
+# time on a held stage: the performer is lost and the viewers wait on a frozen picture
+
+# The hold, shortened so that the tests below take seconds (stage/config.py has no
+# setting for it; the venue reads RECONNECT_WINDOW each time it holds a stage).
+HOLD = 6.0
+# How far the server's last frame from a publisher may be from the moment the test cut
+# it off (packets already on their way), and how far the server's moments may be from
+# the test's when a request was sent or answered.
+SLACK = 0.5
+# Seconds of show a viewer watches before its performer is lost: short of the view
+# time, which the hold would take it past.
+BEFORE = 2.5
+
+
+@pytest.fixture
+def short_hold(monkeypatch):
+    monkeypatch.setattr(venue_module, "RECONNECT_WINDOW", HOLD)
+
+
+async def wait_held(http, server, stage, timeout=10.0) -> float:
+    async def held():
+        info = await get_json(http, f"{server.base}/api/stages/{stage['id']}")
+        return info["reconnecting"]
+
+    await wait_for(held, timeout, f"stage {stage['id']} held")
+    return time.monotonic()
+
+
+def silence(publisher: Publisher):
+    """The performer's media stops (a hung encoder) while its ICE still answers; the
+    function returned lets it flow again on the same connection."""
+    transports = {sender.transport for sender in publisher.pc.getSenders()}
+
+    async def swallow(data):
+        pass
+
+    for transport in transports:
+        transport._send_rtp = swallow
+
+    def resume():
+        for transport in transports:
+            del transport._send_rtp
+
+    return resume
+
+
+def assert_between(what: str, value: float, low: float, high: float) -> None:
+    assert low <= value <= high, (
+        f"{what}: {value:.2f} s, not in [{low:.2f}, {high:.2f}]"
+    )
+
+
+async def test_a_held_stage_s_viewers_are_not_watching_while_nobody_comes_back(
+    server, http, new_stage, peers, short_hold
+):
+    stage = await new_stage("Killed")
+    publisher = await Publisher(server.base, stage["id"], stage["key"]).start()
+    peers(publisher)
+    viewer = Viewer(server.base)
+    peers(viewer)
+    sent = time.monotonic()
+    await viewer.start(stage_id=stage["id"])
+    answered = time.monotonic()
+    await viewer.wait_video(count=30)
+    await asyncio.sleep(max(0.0, sent + BEFORE - time.monotonic()))
+
+    # Killed: no DELETE, no DTLS close. The viewer stays on the held stage.
+    cut_network(publisher.pc)
+    cut = time.monotonic()
+    low, high = cut - answered - 1.0, cut - sent + SLACK
+    await wait_held(http, server, stage)
+
+    # While held, the watch time stands still, live as it will be stored.
+    during = await performance_of(server, http, stage)
+    assert during["ended_at"] is None and during["watching"] == 1, during
+    assert_between("watch time while held", during["watch_seconds"], low, high)
+    await asyncio.sleep(1.0)
+    later = await performance_of(server, http, stage)
+    assert later["ended_at"] is None, f"the hold ended within a second: {later}"
+    assert later["watch_seconds"] == pytest.approx(during["watch_seconds"], abs=0.01), (
+        f"watch time grew on a held stage: {during} -> {later}"
+    )
+
+    async def ended():
+        performance = await performance_of(server, http, stage)
+        return performance if performance["ended_at"] else None
+
+    performance = await wait_for(ended, HOLD + 5, "the held show ended")
+    ended_at = time.monotonic()
+    assert ended_at - cut > HOLD - 1, "the show ended before the hold was over"
+    print(
+        f"\nwatched {performance['watch_seconds']:.2f} s in [{low:.2f}, {high:.2f}];"
+        f" on the stage {ended_at - sent:.1f} s; show {performance['duration']:.2f} s"
+    )
+    assert_between("watch time", performance["watch_seconds"], low, high)
+    assert performance["average_watch_seconds"] == performance["watch_seconds"]
+    assert (performance["visits"], performance["visitors"]) == (1, 1), performance
+    assert (performance["views"], performance["nexted"]) == (0, 0), performance
+    assert performance["peak_viewers"] == 1 and performance["watching"] == 0
+    info = await get_json(http, f"{server.base}/api/stages/{stage['id']}")
+    assert info["views"] == 0, info
+    [row] = await watches_csv(server, http, stage, performance)
+    assert row["ended_by"] == "show", row
+    assert float(row["seconds"]) == pytest.approx(
+        performance["watch_seconds"], abs=0.002
+    )
+
+
+async def test_media_that_comes_back_within_the_hold_resumes_the_same_visit(
+    server, http, new_stage, peers, short_hold
+):
+    stage = await new_stage("Hung encoder")
+    publisher = await Publisher(server.base, stage["id"], stage["key"]).start()
+    peers(publisher)
+    viewer = Viewer(server.base)
+    peers(viewer)
+    sent = time.monotonic()
+    await viewer.start(stage_id=stage["id"])
+    answered = time.monotonic()
+    await viewer.wait_video(count=30)
+    await asyncio.sleep(max(0.0, sent + BEFORE - time.monotonic()))
+
+    resume = silence(publisher)
+    quiet = time.monotonic()
+    await wait_held(http, server, stage)
+    await asyncio.sleep(1.0)
+    resume()
+    back = time.monotonic()
+
+    async def live_again():
+        info = await get_json(http, f"{server.base}/api/stages/{stage['id']}")
+        return info["live"] and not info["reconnecting"]
+
+    await wait_for(live_again, 5, "the stage live again")
+    await viewer.wait_video(count=10, since=time.monotonic())
+    await asyncio.sleep(1.0)
+    leaving = time.monotonic()
+    await viewer.stop()
+    left = time.monotonic()
+
+    # One visit of one show, watched before the media stopped and after it came back
+    # (a few hundred ms to notice the comeback), not in between.
+    [performance] = (
+        await get_json(
+            http, f"{server.base}/api/stages/{stage['id']}/performances", stage["key"]
+        )
+    )["performances"]
+    low = (quiet - answered) + (leaving - back) - 1.0
+    high = (quiet - sent) + (left - back) + SLACK
+    print(
+        f"\nwatched {performance['watch_seconds']:.2f} s in [{low:.2f}, {high:.2f}];"
+        f" on the stage {left - sent:.1f} s, {back - quiet:.1f} s of it without media"
+    )
+    assert (performance["visits"], performance["ended_at"]) == (1, None), performance
+    assert_between("watch time", performance["watch_seconds"], low, high)
+    [row] = await watches_csv(server, http, stage, performance)
+    assert row["ended_by"] == "viewer", row
+    assert float(row["seconds"]) == pytest.approx(
+        performance["watch_seconds"], abs=0.002
+    )
+
+
+async def test_a_performer_back_within_the_hold_starts_a_visit_from_the_comeback(
+    server, http, new_stage, peers, short_hold
+):
+    stage = await new_stage("Reloaded")
+    first = await Publisher(server.base, stage["id"], stage["key"]).start()
+    peers(first)
+    viewer = Viewer(server.base)
+    peers(viewer)
+    sent = time.monotonic()
+    await viewer.start(stage_id=stage["id"])
+    answered = time.monotonic()
+    await viewer.wait_video(count=30)
+    await asyncio.sleep(max(0.0, sent + BEFORE - time.monotonic()))
+
+    cut_network(first.pc)
+    cut = time.monotonic()
+    await wait_held(http, server, stage)
+    await asyncio.sleep(1.0)
+    coming = time.monotonic()
+    second = await Publisher(server.base, stage["id"], stage["key"]).start()
+    peers(second)
+    came = time.monotonic()
+    await viewer.wait_video(count=10, since=came)
+    await asyncio.sleep(1.0)
+    leaving = time.monotonic()
+    await viewer.stop()
+    left = time.monotonic()
+
+    newer, older = (
+        await get_json(
+            http, f"{server.base}/api/stages/{stage['id']}/performances", stage["key"]
+        )
+    )["performances"]
+    print(
+        f"\nfirst show watched {older['watch_seconds']:.2f} s"
+        f" (cut {cut - sent:.1f} s after arriving, back {coming - cut:.1f} s later);"
+        f" second {newer['watch_seconds']:.2f} s"
+    )
+    assert (older["visits"], newer["visits"]) == (1, 1), (older, newer)
+    assert_between(
+        "first show's watch time",
+        older["watch_seconds"],
+        cut - answered - 1.0,
+        cut - sent + SLACK,
+    )
+    assert_between(
+        "second show's watch time",
+        newer["watch_seconds"],
+        leaving - came - SLACK,
+        left - coming,
+    )
+    [row] = await watches_csv(server, http, stage, older)
+    assert row["ended_by"] == "show", row
+
+
 async def test_browser_that_never_connects_is_a_visit_but_no_view(
     server, http, new_stage, peers, monkeypatch
 ):
