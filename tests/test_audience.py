@@ -31,7 +31,7 @@ from stage import venue as venue_module
 from stage.appkeys import VENUE
 from stage.config import Settings
 from stage.server import create_app
-from tests.peers import Publisher, Viewer, new_pc
+from tests.peers import CountingViewer, Publisher, Viewer, new_pc
 from tests.test_recovery import free_port, start_server
 from tests.test_server_contract import cut_network
 
@@ -57,7 +57,10 @@ async def peers(server):
     yield items.append
     for item in reversed(items):
         try:
-            await item.stop(say_goodbye=False)
+            if isinstance(item, CountingViewer):
+                await item.pc.close()
+            else:
+                await item.stop(say_goodbye=False)
         except Exception:
             pass
 
@@ -334,8 +337,10 @@ async def test_200_visits_at_once_give_exactly_the_counts_of_the_log(
             f" longest quick look {quick:.2f} s"
         )
 
-    # The peak counts only viewers whose connection came up, and these browsers only
-    # signal: none ever watched at the same moment as another.
+    # These browsers only signal (their ICE never starts): up to 40 landed on A at
+    # once, but none was ever watching. The peak counts only viewers whose connection
+    # came up, so it stays 0, where counting landings would give 40. A connected
+    # crowd's peak: test_a_connected_crowd_makes_the_peak_and_leaves_no_one_watching.
     assert numbers[a["id"]]["peak_viewers"] == 0, numbers[a["id"]]
     assert numbers[b["id"]]["peak_viewers"] == 0, numbers[b["id"]]
     # A browser counted once on A, its reloads, and 30 visits there: never a 2nd view.
@@ -354,6 +359,88 @@ async def test_200_visits_at_once_give_exactly_the_counts_of_the_log(
         assert after["watch_seconds"] == pytest.approx(
             numbers[stage["id"]]["watch_seconds"], abs=0.002
         )
+
+
+# Viewers connected to one stage at the same moment, each a browser of its own.
+CROWD = 16
+
+
+async def test_a_connected_crowd_makes_the_peak_and_leaves_no_one_watching(
+    server, http, new_stage, settings, peers, aiohttp_server
+):
+    stage = await new_stage("Crowd")
+    peers(await Publisher(server.base, stage["id"], stage["key"]).start())
+    url = f"{server.base}/api/stages/{stage['id']}"
+
+    async def watching(count):
+        async def check():
+            info = await get_json(http, url)
+            performance = await performance_of(server, http, stage)
+            return (info["viewers"], performance["watching"]) == (count, count)
+
+        await wait_for(check, 15, f"{count} watching")
+
+    async def arrive(count):
+        viewers = [CountingViewer(server.base) for _ in range(count)]
+        for viewer in viewers:
+            peers(viewer)
+        gate = asyncio.Semaphore(4)  # a few connecting at a time, like a crowd
+
+        async def start(viewer):
+            async with gate:
+                await viewer.start(stage_id=stage["id"])
+
+        await asyncio.gather(*(start(viewer) for viewer in viewers))
+        return viewers
+
+    # The crowd is all there at once, every one receiving the show.
+    crowd = await arrive(CROWD)
+    await watching(CROWD)
+
+    async def all_receiving():
+        return all(viewer.frames["video"] >= 10 for viewer in crowd)
+
+    await wait_for(all_receiving, 10, "every viewer of the crowd receiving video")
+    performance = await performance_of(server, http, stage)
+    assert performance["peak_viewers"] == CROWD, performance
+
+    # Half leave and a few others come: more visits, fewer at once than before.
+    leaving, staying = crowd[: CROWD // 2], crowd[CROWD // 2 :]
+    await asyncio.gather(*(viewer.stop() for viewer in leaving))
+    later = await arrive(4)
+    now_on = len(staying) + len(later)
+    await watching(now_on)
+    performance = await performance_of(server, http, stage)
+    assert (performance["peak_viewers"], performance["visits"]) == (
+        CROWD,
+        CROWD + 4,
+    ), performance
+
+    await asyncio.gather(*(viewer.stop() for viewer in staying + later))
+    await watching(0)
+    performance = await performance_of(server, http, stage)
+    print(f"\ncrowd of {CROWD}, then {now_on}: {performance}")
+    assert performance["peak_viewers"] == CROWD, performance
+    assert (performance["visits"], performance["visitors"]) == (
+        CROWD + 4,
+        CROWD + 4,
+    ), performance
+    svg = await chart_of(server, http, stage, performance)
+    labels = [
+        t.text
+        for t in svg.iter("{http://www.w3.org/2000/svg}text")
+        if (t.text or "").startswith("peak")
+    ]
+    assert len(labels) == 1 and re.fullmatch(rf"peak {CROWD} at 0:\d\d", labels[0]), (
+        labels
+    )
+
+    # The peak comes back from the rows after a restart.
+    await server.close()
+    restarted = await aiohttp_server(create_app(settings), host="127.0.0.1")
+    restarted.base = str(restarted.make_url("")).rstrip("/")
+    after = await performance_of(restarted, http, stage)
+    assert (after["peak_viewers"], after["watching"]) == (CROWD, 0), after
 
 
 async def test_reloads_by_one_browser_make_one_viewer(server, http, new_stage, peers):
