@@ -19,7 +19,7 @@ from aiohttp import web
 
 from . import chart
 from .appkeys import STORE, VENUE
-from .audience import BY_VIEWER, UNCONNECTED, Numbers
+from .audience import BY_VIEWER, Numbers
 from .errors import BadRequest, Conflict, NotFound, Unauthorized
 from .recorder.files import live_path_for
 from .requests import find_stage, owner_cookie, read_json, require_owner
@@ -412,13 +412,11 @@ WATCH_COLUMNS = (
 async def performance_watches(request: web.Request) -> web.Response:
     performance, stage = owned_performance(request)
     store, audience = request.app[STORE], request.app[VENUE].audience
-    now = time.time()
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(WATCH_COLUMNS)
     for number, watch in enumerate(audience.watches(performance.id), start=1):
-        end = watch.ended_at if watch.ended_at is not None else now
-        seconds = 0.0 if watch.ended_by == UNCONNECTED else end - watch.started_at
+        seconds = watch.seconds
         nexted = watch.ended_by == BY_VIEWER and seconds < audience.view_seconds
         writer.writerow(
             (

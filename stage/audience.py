@@ -12,6 +12,13 @@ they read is the whole truth up to that moment. A killed server loses at most th
 interval of joins and leaves; the open watches it left are ended at the last moment a
 flush vouched for (see `close_interrupted`).
 
+A visit is not watching all the time it lasts: while its stage is held for a lost
+performer (venue.py, RECONNECT_WINDOW) no media flows, and the viewer waits on a frozen
+picture. The venue marks each such hold of a performance, from the last media received
+to the media coming back or the performance ending, and every number leaves out the
+part of a visit that falls in a hold, just as the performance's length ends at its last
+media.
+
 Ids are handed out here, from the largest stored. With several worker processes
 (stage/front.py) each writes its own rows, and each takes its own lane of ids: worker
 i of n hands out only ids equal to i modulo n, so two never pick the same one.
@@ -39,6 +46,12 @@ UNCONNECTED = "unconnected"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audience_marks (name TEXT PRIMARY KEY, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS holds (
+    performance_id TEXT NOT NULL REFERENCES performances(id),
+    started_at REAL NOT NULL,
+    ended_at REAL
+);
+CREATE INDEX IF NOT EXISTS holds_by_performance ON holds(performance_id);
 """
 
 # Whether a watch counts toward watching now, the peak and the chart: its viewer's
@@ -46,12 +59,47 @@ CREATE TABLE IF NOT EXISTS audience_marks (name TEXT PRIMARY KEY, at REAL NOT NU
 # whether they were given up on.)
 COUNTED = "COALESCE(connected, ended_by IS NOT 'unconnected')"
 
-# Seconds a watch counts for: to its end, or to now while it is open, from the answer
-# on; zero for a browser given up on because it never got connected.
-WATCHED = (
-    "CASE WHEN ended_by IS 'unconnected' THEN 0"
-    " ELSE MAX(COALESCE(ended_at, ?), started_at) - started_at END"
-)  # one parameter: now
+# The moment the numbers are read at, in the expressions below: a query using them takes
+# it as its first parameter, written ?1 so that it can be used many times; the query's
+# own ? come after it (SQLite numbers a ? one past the largest number already seen, so
+# ?1 must come first in the text, as in `_seen`).
+NOW = "?1"
+
+# Seconds of a watch that fell in a hold of its performance (an open watch or hold
+# runs to now).
+HELD = (
+    "COALESCE((SELECT SUM(MAX(0.0,"
+    f" MIN(COALESCE(watches.ended_at, {NOW}), COALESCE(holds.ended_at, {NOW}))"
+    " - MAX(watches.started_at, holds.started_at)))"
+    " FROM holds WHERE holds.performance_id = watches.performance_id), 0.0)"
+)
+
+
+def watched(held: bool) -> str:
+    """Seconds a watch counts for: to its end, or to now while it is open, from the
+    answer on, less its time in holds; zero for a browser given up on because it never
+    got connected.
+
+    Leaving out the holds looks them up for every watch, which costs more than all
+    the rest of the expression; so it is done only when `held`: some of the
+    performances read had a hold.
+    """
+    less = f" - {HELD}" if held else ""
+    return (
+        "CASE WHEN ended_by IS 'unconnected' THEN 0"
+        f" ELSE MAX(0.0, MAX(COALESCE(ended_at, {NOW}), started_at) - started_at{less})"
+        " END"
+    )
+
+
+def _seen(where: str, held: bool) -> str:
+    """The start of a query on the watches `where` says, as `seen`: each with whether
+    it is counted and its seconds watched."""
+    return (
+        "WITH seen AS (SELECT id, performance_id, viewer, started_at,"
+        f" ended_at, ended_by, {COUNTED} AS counted, {watched(held)} AS seconds"
+        f" FROM watches WHERE {where}) "
+    )
 
 
 @dataclass(frozen=True)
@@ -79,6 +127,7 @@ class Watch:
     ended_at: float | None
     ended_by: str | None
     connected: bool
+    seconds: float  # watched: to its end (or now), less its time in holds
 
 
 class Audience:
@@ -109,6 +158,10 @@ class Audience:
         self._connects: set[int] = set()
         self._open: dict[int, str] = {}  # watch id -> performance id
         self._connected: set[int] = set()  # open watches whose viewer is connected
+        # Holds not yet written, in order: (performance id, started_at or None,
+        # ended_at or None); and the performances held now.
+        self._holds: list[tuple[str, float | None, float | None]] = []
+        self._held: set[str] = set()
         self._task: asyncio.Task | None = None
 
     def now(self) -> float:
@@ -164,25 +217,41 @@ class Audience:
         else:
             self._ends[watch_id] = (at, ended_by)
 
+    def hold(self, performance_id: str, since: float) -> None:
+        """The performance's stage is held from `since` (its last media, wall clock):
+        until `end_hold`, its viewers wait on a frozen picture, which is not watching."""
+        if performance_id in self._held:
+            return
+        self._held.add(performance_id)
+        self._holds.append((performance_id, since, None))
+
+    def end_hold(self, performance_id: str, at: float | None = None) -> None:
+        """The media came back (at `at`, wall clock), or the held performance ended."""
+        if performance_id not in self._held:
+            return
+        self._held.discard(performance_id)
+        self._holds.append((performance_id, None, self.now() if at is None else at))
+
     def watching(self, performance_id: str) -> int:
         """Open watches of a performance whose viewer is connected, from memory."""
         return sum(1 for w in self._connected if self._open[w] == performance_id)
 
     @property
     def pending(self) -> int:
-        return len(self._new) + len(self._ends) + len(self._connects)
+        return len(self._new) + len(self._ends) + len(self._connects) + len(self._holds)
 
     # writing
 
     def flush(self) -> int:
         """Write what is pending in one transaction; returns how many changes."""
-        if not self._new and not self._ends and not self._connects:
+        if not self.pending:
             if self._open:
                 # Nothing new, but watches are open: keep the moment we vouch for fresh.
                 self._mark(self.now())
             return 0
         new, ends = list(self._new.values()), list(self._ends.items())
         connects = [(watch_id,) for watch_id in self._connects]
+        holds = list(self._holds)
         db = self._db
         db.execute("BEGIN")
         try:
@@ -198,6 +267,18 @@ class Audience:
                 " WHERE id=? AND ended_at IS NULL",
                 [(at, by, watch_id) for watch_id, (at, by) in ends],
             )
+            for performance_id, started_at, ended_at in holds:
+                if started_at is not None:
+                    db.execute(
+                        "INSERT INTO holds (performance_id, started_at) VALUES (?, ?)",
+                        (performance_id, started_at),
+                    )
+                else:
+                    db.execute(
+                        "UPDATE holds SET ended_at=MAX(?, started_at)"
+                        " WHERE performance_id=? AND ended_at IS NULL",
+                        (ended_at, performance_id),
+                    )
             self._mark(self.now())
             db.execute("COMMIT")
         except BaseException:
@@ -206,7 +287,8 @@ class Audience:
         self._new.clear()
         self._ends.clear()
         self._connects.clear()
-        return len(new) + len(ends) + len(connects)
+        self._holds.clear()
+        return len(new) + len(ends) + len(connects) + len(holds)
 
     def _mark(self, at: float) -> None:
         self._db.execute(
@@ -237,7 +319,11 @@ class Audience:
 
     def close_interrupted(self, lane_only: bool = False) -> int:
         """After a crash: end the watches left open at the last moment we vouch for
-        (with `lane_only`, only this lane's: one worker of several died)."""
+        (with `lane_only`, only this lane's: one worker of several died).
+
+        A hold left open stays open: its stage was held when the server went, and its
+        show never came back.
+        """
         row = self._db.execute(
             "SELECT at FROM audience_marks WHERE name='flushed'"
         ).fetchone()
@@ -261,20 +347,21 @@ class Audience:
         marks = ",".join("?" * len(performance_ids))
         ids = tuple(performance_ids)
         now = time.time()
+        where = f"performance_id IN ({marks})"
+        held = self._any_holds(where, ids)
         totals = {
             row["performance_id"]: row
             for row in self._db.execute(
-                "SELECT performance_id, COUNT(*) AS visits,"
+                _seen(where, held) + "SELECT performance_id, COUNT(*) AS visits,"
                 " COUNT(DISTINCT viewer) AS visitors,"
-                f" SUM(ended_at IS NULL AND {COUNTED}) AS watching,"
-                f" SUM({WATCHED}) AS watch_seconds,"
-                " SUM(ended_by IS 'viewer' AND ended_at - started_at < ?) AS nexted"
-                f" FROM watches WHERE performance_id IN ({marks})"
-                " GROUP BY performance_id",
-                (now, self.view_seconds, *ids),
+                " SUM(ended_at IS NULL AND counted) AS watching,"
+                " SUM(seconds) AS watch_seconds,"
+                " SUM(ended_by IS 'viewer' AND seconds < ?) AS nexted"
+                " FROM seen GROUP BY performance_id",
+                (now, *ids, self.view_seconds),
             )
         }
-        views = self._views(f"performance_id IN ({marks})", ids, now)
+        views = self._views(where, ids, now, held)
         peaks = {
             row["performance_id"]: row["peak"]
             for row in self._db.execute(
@@ -314,15 +401,23 @@ class Audience:
         """All-time views of a stage: the sum over its performances."""
         self.flush()
         where = "performance_id IN (SELECT id FROM performances WHERE stage_id=?)"
-        return sum(self._views(where, (stage_id,), time.time()).values())
+        args = (stage_id,)
+        views = self._views(where, args, time.time(), self._any_holds(where, args))
+        return sum(views.values())
 
-    def _views(self, where: str, args: tuple, now: float) -> dict[str, int]:
+    def _any_holds(self, where: str, args: tuple) -> bool:
+        """Whether any performance `where` says had a hold (see `watched`)."""
+        row = self._db.execute(
+            f"SELECT EXISTS (SELECT 1 FROM holds WHERE {where})", args
+        ).fetchone()
+        return bool(row[0])
+
+    def _views(self, where: str, args: tuple, now: float, held: bool) -> dict[str, int]:
         """Distinct viewers per performance who watched at least `view_seconds` in all."""
         rows = self._db.execute(
-            "SELECT performance_id, COUNT(*) AS views FROM ("
-            "  SELECT performance_id, viewer,"
-            f"  SUM({WATCHED}) AS watched"
-            f"  FROM watches WHERE {where} GROUP BY performance_id, viewer"
+            _seen(where, held) + "SELECT performance_id, COUNT(*) AS views FROM ("
+            "  SELECT performance_id, SUM(seconds) AS watched"
+            "  FROM seen GROUP BY performance_id, viewer"
             ") WHERE watched >= ? GROUP BY performance_id",
             (now, *args, self.view_seconds),
         ).fetchall()
@@ -330,11 +425,12 @@ class Audience:
 
     def watches(self, performance_id: str) -> list[Watch]:
         self.flush()
+        where, args = "performance_id=?", (performance_id,)
         rows = self._db.execute(
-            "SELECT id, viewer, started_at, ended_at, ended_by,"
-            f" {COUNTED} AS connected FROM watches"
-            " WHERE performance_id=? ORDER BY started_at, id",
-            (performance_id,),
+            _seen(where, self._any_holds(where, args))
+            + "SELECT id, viewer, started_at, ended_at, ended_by,"
+            " counted AS connected, seconds FROM seen ORDER BY started_at, id",
+            (time.time(), *args),
         ).fetchall()
         return [Watch(**{**row, "connected": bool(row["connected"])}) for row in rows]
 

@@ -226,6 +226,10 @@ class Venue:
         """
         lost_at = hub.last_frame_at
         self.held.add(hub.stage_id)
+        performance = self.performances.get(hub.stage_id)
+        if performance is not None:
+            # Its viewers wait on a frozen picture: not watching, from the last media.
+            self.audience.hold(performance.id, self._wall(lost_at))
         self._announce(hub)
         logger.info(
             "stage %s: publisher %s lost, holding the stage for the same key",
@@ -240,6 +244,10 @@ class Venue:
                     publisher.id,
                 )
                 self.held.discard(hub.stage_id)
+                if performance is not None:
+                    self.audience.end_hold(
+                        performance.id, self._wall(hub.last_frame_at)
+                    )
                 self._seat_waiting_viewers(hub)
                 self._announce(hub)
                 return True
@@ -316,10 +324,14 @@ class Venue:
         A held stage's performer was lost: the show ended with the last media received,
         so the hold (up to RECONNECT_WINDOW and more) is not part of its length.
         """
-        now = time.time()
         if hub.stage_id not in self.held:
-            return now
-        return now - max(0.0, time.monotonic() - hub.last_frame_at)
+            return time.time()
+        return self._wall(hub.last_frame_at)
+
+    @staticmethod
+    def _wall(moment: float) -> float:
+        """A past moment of the monotonic clock, on the wall clock."""
+        return time.time() - max(0.0, time.monotonic() - moment)
 
     # performances and recordings
 
@@ -367,6 +379,7 @@ class Venue:
             # next performance; this one's watches end with it.
             for viewer in hub.viewers:
                 self._end_watch(viewer, BY_SHOW)
+        self.audience.end_hold(performance.id)
         self.audience.flush()
         ended_at = time.time() if ended_at is None else ended_at
         self.store.end_performance(performance.id, ended_at)

@@ -66,11 +66,12 @@ async def test_a_lost_performer_s_show_ends_at_the_last_media_not_after_the_hold
     )
     assert abs(performance["duration"] - recorded) < SLACK, (performance, recorded)
 
-    # What the viewer who stayed on the frozen picture is counted for (see report).
+    # The viewer who stayed on the frozen picture watched the show, not the hold.
     [row] = await watches_csv(server, http, stage, performance)
     print(
         f"the viewer's visit: {float(row['seconds']):.1f} s, ended by {row['ended_by']}"
     )
+    assert float(row["seconds"]) <= performance["duration"], (row, performance)
     await viewer.stop()
     await publisher.pc.close()
 
@@ -98,5 +99,7 @@ async def test_a_performer_back_within_the_hold_ends_the_first_show_at_its_last_
     print(f"\nfirst show {older['duration']:.1f} s, its recording {recorded:.1f} s")
     assert abs(older["duration"] - recorded) < SLACK, (older, recorded)
     assert older["ended_at"] < newer["started_at"], (older, newer)
+    [row] = await watches_csv(server, http, stage, older)
+    assert float(row["seconds"]) <= older["duration"], (row, older)
     await viewer.stop()
     await first.pc.close()
