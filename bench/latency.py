@@ -76,27 +76,43 @@ def rtp_payload(data: bytes) -> tuple[bool, int, bytes] | None:
 
 class SendLog:
     """When each video frame's last packet left the publisher, by key; entries older
-    than `keep` seconds go."""
+    than `keep` seconds go.
+
+    A key can leave more than once in a window: the loop comes round every 20 s, and
+    sooner when keyframe requests make the publisher skip ahead to the loop's next
+    keyframe (Stage asks for one a second while it has viewers: the loop then came
+    round in about 10 s, and a 16 s window paired arrivals with the next pass's
+    departures, -10.3 s apart). So every departure is kept, and an arrival is paired
+    with the latest one before it.
+    """
 
     def __init__(self, keep: float = 60.0) -> None:
         self.keep_ns = int(keep * 1e9)
-        self.sent: dict[bytes, int] = {}
+        self.sent: dict[bytes, list[int]] = {}
         self._order: collections.deque = collections.deque()
 
     def note(self, key: bytes) -> None:
         now = time.monotonic_ns()
-        earlier = self.sent.get(key)
-        if earlier is not None and now - earlier < REPEAT_NS:
+        departures = self.sent.setdefault(key, [])
+        if departures and now - departures[-1] < REPEAT_NS:
             return  # a retransmission: the first send counts
-        self.sent[key] = now
+        departures.append(now)
         self._order.append((now, key))
         while self._order and self._order[0][0] < now - self.keep_ns:
-            then, old = self._order.popleft()
-            if self.sent.get(old) == then:  # not sent again since
+            _, old = self._order.popleft()
+            left = self.sent[old]
+            left.pop(0)  # the oldest departure of that key is this one
+            if not left:
                 del self.sent[old]
 
-    def since(self, moment_ns: int) -> dict[str, int]:
-        return {k.hex(): t for k, t in self.sent.items() if t >= moment_ns}
+    def since(self, moment_ns: int) -> dict[str, list[int]]:
+        """Every key's departures from `moment_ns` on, oldest first."""
+        found = {}
+        for key, departures in self.sent.items():
+            recent = [t for t in departures if t >= moment_ns]
+            if recent:
+                found[key.hex()] = recent
+        return found
 
 
 def watch_publisher(pc, log: SendLog) -> None:
@@ -146,14 +162,15 @@ class ArrivalLog:
         self.arrived.clear()
         self.recording = True
 
-    def pair(self, sent: dict[str, int]) -> tuple[list[int], int]:
-        """Delays in µs of the frames found in `sent`, and how many arrived in all."""
+    def pair(self, sent: dict[str, list[int]]) -> tuple[list[int], int]:
+        """Delays in µs of the frames found in `sent` (each arrival with the latest
+        departure of its key before it), and how many arrived in all."""
         self.recording = False
         delays = []
         for key, arrival in self.arrived.items():
-            departure = sent.get(key.hex())
-            if departure is not None:
-                delays.append((arrival - departure) // 1000)
+            before = [t for t in sent.get(key.hex(), ()) if t <= arrival]
+            if before:
+                delays.append((arrival - before[-1]) // 1000)
         arrived = len(self.arrived)
         self.arrived.clear()
         return delays, arrived
