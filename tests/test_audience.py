@@ -534,6 +534,21 @@ async def wait_held(http, server, stage, timeout=10.0) -> float:
     return time.monotonic()
 
 
+async def watched_before_the_loss(server, stage, peers):
+    """A performer live and one viewer who has watched BEFORE seconds of it; returns
+    them with the moments the viewer's offer was sent and answered."""
+    publisher = await Publisher(server.base, stage["id"], stage["key"]).start()
+    peers(publisher)
+    viewer = Viewer(server.base)
+    peers(viewer)
+    sent = time.monotonic()
+    await viewer.start(stage_id=stage["id"])
+    answered = time.monotonic()
+    await viewer.wait_video(count=30)
+    await asyncio.sleep(max(0.0, sent + BEFORE - time.monotonic()))
+    return publisher, viewer, sent, answered
+
+
 def silence(publisher: Publisher):
     """The performer's media stops (a hung encoder) while its ICE still answers; the
     function returned lets it flow again on the same connection."""
@@ -562,15 +577,9 @@ async def test_a_held_stage_s_viewers_are_not_watching_while_nobody_comes_back(
     server, http, new_stage, peers, short_hold
 ):
     stage = await new_stage("Killed")
-    publisher = await Publisher(server.base, stage["id"], stage["key"]).start()
-    peers(publisher)
-    viewer = Viewer(server.base)
-    peers(viewer)
-    sent = time.monotonic()
-    await viewer.start(stage_id=stage["id"])
-    answered = time.monotonic()
-    await viewer.wait_video(count=30)
-    await asyncio.sleep(max(0.0, sent + BEFORE - time.monotonic()))
+    publisher, viewer, sent, answered = await watched_before_the_loss(
+        server, stage, peers
+    )
 
     # Killed: no DELETE, no DTLS close. The viewer stays on the held stage.
     cut_network(publisher.pc)
@@ -618,15 +627,9 @@ async def test_media_that_comes_back_within_the_hold_resumes_the_same_visit(
     server, http, new_stage, peers, short_hold
 ):
     stage = await new_stage("Hung encoder")
-    publisher = await Publisher(server.base, stage["id"], stage["key"]).start()
-    peers(publisher)
-    viewer = Viewer(server.base)
-    peers(viewer)
-    sent = time.monotonic()
-    await viewer.start(stage_id=stage["id"])
-    answered = time.monotonic()
-    await viewer.wait_video(count=30)
-    await asyncio.sleep(max(0.0, sent + BEFORE - time.monotonic()))
+    publisher, viewer, sent, answered = await watched_before_the_loss(
+        server, stage, peers
+    )
 
     resume = silence(publisher)
     quiet = time.monotonic()
@@ -672,15 +675,9 @@ async def test_a_performer_back_within_the_hold_starts_a_visit_from_the_comeback
     server, http, new_stage, peers, short_hold
 ):
     stage = await new_stage("Reloaded")
-    first = await Publisher(server.base, stage["id"], stage["key"]).start()
-    peers(first)
-    viewer = Viewer(server.base)
-    peers(viewer)
-    sent = time.monotonic()
-    await viewer.start(stage_id=stage["id"])
-    answered = time.monotonic()
-    await viewer.wait_video(count=30)
-    await asyncio.sleep(max(0.0, sent + BEFORE - time.monotonic()))
+    first, viewer, sent, answered = await watched_before_the_loss(
+        server, stage, peers
+    )
 
     cut_network(first.pc)
     cut = time.monotonic()
