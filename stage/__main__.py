@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 from aiohttp import web
 
+from . import logs
 from .config import from_command_line
 from .front import create_front
 from .server import create_app
@@ -17,13 +17,7 @@ def main(argv: list[str] | None = None) -> None:
         settings = from_command_line(argv)
     except ValueError as exc:
         sys.exit(f"stage: {exc}")
-    logging.basicConfig(
-        level=settings.extra["log_level"],
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # aiortc and aioice log every packet and check at INFO/DEBUG: keep them quiet.
-    for noisy in ("aiortc", "aioice"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logs.set_up(settings.extra["log_level"])
     if settings.workers > 1:
         # Several processes behind this one, each on its own core (stage/front.py).
         app = create_front(settings)

@@ -17,6 +17,7 @@ import sys
 
 from aiohttp import web
 
+from . import logs
 from .appkeys import VENUE
 from .config import from_command_line
 from .directory import Listing, Report, SharedDirectory
@@ -98,12 +99,9 @@ async def serve(index: int, count: int, control: str, path: str, flags) -> None:
 
 def main(argv: list[str]) -> None:
     index, count, control, path, *flags = argv
-    logging.basicConfig(
-        level=from_command_line(flags, env={}).extra["log_level"],
-        format=f"%(asctime)s %(levelname)s worker {index} %(name)s: %(message)s",
+    logs.set_up(
+        from_command_line(flags, env={}).extra["log_level"], f"worker {index} "
     )
-    for noisy in ("aiortc", "aioice"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     asyncio.run(serve(int(index), int(count), control, path, flags))
 
 
