@@ -38,10 +38,11 @@ PICTURE_LIMIT = 60
 # The recording is sought and cut at keyframes (a player's seek, a clip's start), and
 # a browser with nobody watching may send none for minutes: a 120 s show had them at
 # 0, 3 and 103 s, so seeking to 60 s meant decoding from 3 s. With or without
-# viewers, a keyframe is asked for once this many frames went by without one (2 s at
-# 30 fps, what streaming platforms ask of encoders); encoders that send them at least
-# that often are never asked.
-RECORDING_REFRESH = 60
+# viewers, a keyframe is asked for once this long went by without one: 2 s, what
+# streaming platforms ask of encoders, counted in time and not in frames (a webcam
+# in low light sends 15 fps), with a little room so that an encoder sending one
+# every 2 s (OBS, ffmpeg -g 60 at 30 fps) is never asked.
+RECORDING_REFRESH = 2.1  # seconds
 
 
 class Consumer(Protocol):
@@ -59,7 +60,7 @@ class StageHub:
         self._last_keyframe_request = 0.0
         self._retry: asyncio.TimerHandle | None = None
         self._picture: list[MediaFrame] = []
-        self._since_keyframe = 0
+        self._keyframe_at: float | None = None  # when the last one arrived
         self.ended = False
         self.last_frame_at = time.monotonic()
         publisher.deliver = self._on_frame
@@ -85,7 +86,7 @@ class StageHub:
         publisher.deliver = self._on_frame
         publisher.want_keyframe = self.want_keyframe
         self._picture = []
-        self._since_keyframe = 0
+        self._keyframe_at = None
         self.last_frame_at = time.monotonic()
         self.want_keyframe()
         return old
@@ -103,10 +104,13 @@ class StageHub:
         if frame.keyframe:
             self._keyframe_wanted = False
             self._picture = [frame]
-            self._since_keyframe = 0
+            self._keyframe_at = frame.arrival
             return
-        self._since_keyframe += 1
-        if self._since_keyframe == RECORDING_REFRESH + 1:
+        if (
+            self._keyframe_at is not None
+            and frame.arrival - self._keyframe_at > RECORDING_REFRESH
+            and not self._keyframe_wanted
+        ):
             self.want_keyframe()
         if self._picture:
             self._picture.append(frame)
