@@ -31,6 +31,10 @@ CONTENT_SECURITY_POLICY = (
 )
 
 
+# What the not-found page says for a path that is no page of ours.
+NO_PAGE = "There is no page here."
+
+
 class HideTokens(logging.Filter):
     """Keys passed as `?token=` must not reach the access log."""
 
@@ -131,6 +135,11 @@ async def errors_as_json(request: web.Request, handler):
             {"error": exc.message}, status=exc.status, headers=headers
         )
     except web.HTTPException as exc:
+        if exc.status == 404 and _wants_page(request):
+            # A mistyped or stale link: the site's own not-found page, with a way on.
+            return aiohttp_jinja2.render_template(
+                "missing.html", request, {"message": NO_PAGE}, status=404
+            )
         if exc.status < 400 or not wants_json(request):
             raise
         message = (
@@ -154,6 +163,15 @@ async def errors_as_json(request: web.Request, handler):
         return web.json_response(
             {"error": "Something went wrong on our side. Please try again."}, status=500
         )
+
+
+def _wants_page(request: web.Request) -> bool:
+    """A person's browser asking for a page (not the API, not a script or a file)."""
+    return (
+        request.method in ("GET", "HEAD")
+        and not wants_json(request)
+        and "text/html" in request.headers.get("Accept", "")
+    )
 
 
 def wants_json(request: web.Request) -> bool:

@@ -319,6 +319,21 @@ async def test_unknown_stage_page_is_404(server, http):
     assert "<html" in str(body) and "There is no stage with this id" in str(body), body
 
 
+@pytest.mark.parametrize("path", ["/nope/nope", "/static/../README.md", "/watch/x"])
+async def test_a_mistyped_link_gets_the_sites_not_found_page(server, http, path):
+    browser = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+    async with http.get(server.base + path, headers=browser) as response:
+        page = await response.text()
+        assert response.status == 404, (response.status, page[:200])
+        assert response.content_type == "text/html", response.content_type
+    assert "There is no page here." in page and 'href="/watch"' in page, page[:500]
+    # A script asking for anything still gets a short answer, and the API JSON.
+    async with http.get(server.base + path, headers={"Accept": "*/*"}) as response:
+        assert response.status == 404 and "<html" not in await response.text()
+    status, _, body = await call(http, "GET", f"{server.base}/api/nope")
+    assert_error(status, body, 404, "GET /api/nope")
+
+
 async def test_performances_need_the_right_key(server, http, new_stage):
     stage = await new_stage()
     url = f"{server.base}/api/stages/{stage['id']}/performances"
