@@ -31,6 +31,12 @@ class Conflict(StageError):
     status = 409
 
 
+class RequestTimeout(StageError):
+    """The body did not come in time (a client that sent its headers and stalled)."""
+
+    status = 408
+
+
 class PayloadTooLarge(StageError):
     status = 413
 

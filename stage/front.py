@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import re
@@ -35,6 +36,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from . import requests
 from .api import CLIENT_CHECK, DEAD_CLIENT, client_gone, drop_when_unacknowledged
 from .config import Settings
 from .directory import Report
@@ -222,7 +224,14 @@ async def _roulette_offer(request: web.Request) -> bytes | None:
     if length is None or length > MAX_OFFER_BYTES:
         return None
     try:
-        return await request.read()
+        async with asyncio.timeout(requests.BODY_SECONDS):
+            return await request.read()
+    except TimeoutError:
+        # Stalled after its headers: answered as a worker would answer it.
+        message = requests.LATE_BODY.format(seconds=requests.BODY_SECONDS)
+        raise web.HTTPRequestTimeout(
+            text=json.dumps({"error": message}), content_type="application/json"
+        ) from None
     except ConnectionError:
         # The client went away before its whole offer came: nobody is left to
         # answer, and nothing is wrong with any worker.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 
@@ -11,6 +12,7 @@ from .errors import (
     BadRequest,
     NotFound,
     PayloadTooLarge,
+    RequestTimeout,
     Unauthorized,
     UnsupportedMediaType,
 )
@@ -19,6 +21,10 @@ from .store import StageRecord, Store
 
 VISITOR_COOKIE = "stage_visitor"
 MAX_JSON_BYTES = 16 * 1024
+# A body (an offer, a stage's name) is small: a client that sent its headers and then
+# stalls is answered 408 after this long rather than holding its connection and task.
+BODY_SECONDS = 10.0
+LATE_BODY = "The body did not arrive within {seconds:g} s."
 
 
 async def read_json(request: web.Request) -> dict:
@@ -63,12 +69,16 @@ async def _read_limited(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"The body is too large (at most {limit // 1024} KiB).")
     body = bytearray()
-    async for chunk in request.content.iter_chunked(16 * 1024):
-        body += chunk
-        if len(body) > limit:
-            raise PayloadTooLarge(
-                f"The body is too large (at most {limit // 1024} KiB)."
-            )
+    try:
+        async with asyncio.timeout(BODY_SECONDS):
+            async for chunk in request.content.iter_chunked(16 * 1024):
+                body += chunk
+                if len(body) > limit:
+                    raise PayloadTooLarge(
+                        f"The body is too large (at most {limit // 1024} KiB)."
+                    )
+    except TimeoutError:
+        raise RequestTimeout(LATE_BODY.format(seconds=BODY_SECONDS)) from None
     return bytes(body)
 
 

@@ -1041,3 +1041,31 @@ async def test_owner_session_with_deeply_nested_json_is_400(server, http, new_st
         headers={"Content-Type": "application/json"},
     )
     assert_error(status, body, 400, "POST /api/stages/{id}/session, nested JSON")
+
+
+@pytest.mark.parametrize(
+    "path, content_type",
+    [("/api/stages", "application/json"), ("/whep", "application/sdp")],
+)
+async def test_a_body_that_never_comes_is_answered_408(
+    server, monkeypatch, path, content_type
+):
+    """Headers promising a body, then nothing: the connection is not held forever."""
+    monkeypatch.setattr("stage.requests.BODY_SECONDS", 1.0)
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Content-Type: {content_type}\r\nContent-Length: 200\r\n\r\n{{".encode()
+        )
+        await writer.drain()
+        started = time.monotonic()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        waited = time.monotonic() - started
+        length = int(re.search(rb"Content-Length: (\d+)", head, re.I).group(1))
+        body = await asyncio.wait_for(reader.readexactly(length), 5)
+    finally:
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 408 "), head
+    assert b"did not arrive within 1 s" in body, body
+    assert waited < 5, f"answered after {waited:.1f} s"

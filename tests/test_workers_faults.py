@@ -14,6 +14,8 @@ import time
 
 import aiohttp
 
+from stage.requests import BODY_SECONDS
+
 from .peers import Publisher, Viewer
 from .test_workers import front, new_stage, until  # noqa: F401 (front: a fixture)
 
@@ -176,6 +178,25 @@ async def test_a_client_that_leaves_mid_upload_is_not_taken_for_a_failed_worker(
     log = await front.stop()
     assert stage["id"]
     assert "did not answer" not in log and "Traceback" not in log, log
+
+
+async def test_a_stalled_offer_is_answered_408_by_the_front_as_by_one_process(front):
+    """Headers promising an offer, then nothing: the front reads `POST /whep` whole
+    (its roulette reads the codecs) and gives up as a worker would, with the same
+    sentence, rather than holding the connection."""
+    port = int(front.base.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            b"POST /whep HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/sdp\r\nContent-Length: 200\r\n\r\nv=0\r\n"
+        )
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(4096), BODY_SECONDS + 10)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert f"did not arrive within {BODY_SECONDS:g} s".encode() in answer, answer
 
 
 async def test_viewers_arriving_together_fill_both_workers_before_any_is_refused(
