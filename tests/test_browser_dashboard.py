@@ -111,3 +111,55 @@ async def test_after_end_show_the_perform_page_points_to_the_saved_recording(
         await page.wait_for_url(f"{server.base}/stages/{saved['id']}")
         await open_dashboard(page, server.base, {**saved, "key": saved["key"]})
         await expect(page.locator("tr.performance a.download")).to_be_visible()
+
+
+async def test_a_show_the_server_ends_is_said_off_air_at_once_on_the_perform_page(
+    server, http
+):
+    """The show a perform page carries is ended on the server's side while the page
+    is on air: here a WHIP DELETE of its publisher from elsewhere (as when the
+    worker carrying it dies, or the key is renewed). The page says at once that it
+    is off air and that the recording is kept, and offers to go live again; not
+    "Live" until its connection times out some 16 s later."""
+    async with launch_chromium(None) as browser:
+        page = await new_page(browser, viewport=LAPTOP)
+        await page.goto(f"{server.base}/perform")
+        await page.fill("#stage-name", "Cut Short")
+        await page.click("#create-stage")
+        await expect(page.locator("#performer-name")).to_have_text("Cut Short")
+        stage = await page.evaluate(
+            "() => JSON.parse(localStorage.getItem('stage.performer'))"
+        )
+        await expect(page.locator("#go-live")).to_be_enabled(timeout=UI_TIMEOUT_MS)
+        await page.click("#go-live")
+        await expect(page.locator("#live-status")).to_have_text("Live", timeout=15_000)
+        await page.wait_for_timeout(1500)  # some media reaches the recording
+
+        async with http.get(f"{server.base}/api/stages/{stage['id']}") as response:
+            publisher = (await response.json())["publisher"]
+        async with http.delete(
+            f"{server.base}/whip/{stage['id']}/publishers/{publisher}",
+            headers={"Authorization": f"Bearer {stage['key']}"},
+        ) as response:
+            assert response.status in (200, 204), await response.text()
+
+        status = page.locator("#live-status")
+        await expect(status).to_contain_text("you are off air", timeout=3_000)
+        await expect(status).to_contain_text("What was recorded is kept")
+        await expect(page.locator("#end-show")).to_be_hidden()
+        await expect(page.locator("#on-air-badge")).to_be_hidden()
+        await expect(page.locator("#go-live")).to_be_enabled()
+        await expect(page.locator("#recording-status")).to_contain_text(
+            "Last show saved", timeout=UI_TIMEOUT_MS
+        )
+        shot = await screenshot(page, SHOTS / "perform-ended-by-server-1280.png")
+        print(f"\nscreenshot: {shot}")
+
+        # Going live again is one press, and the server takes it.
+        await page.click("#go-live")
+        await expect(status).to_have_text("Live", timeout=15_000)
+        async with http.get(f"{server.base}/api/stages/{stage['id']}") as response:
+            again = await response.json()
+        assert again["live"] and again["publisher"] != publisher, again
+        await page.click("#end-show")
+        await expect(status).to_have_text("Off air")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from playwright.async_api import expect
 
 from tests.browser import launch_chromium, new_page, screenshot
@@ -23,6 +24,9 @@ from tests.test_browser import (
     wait_frames_decoded,
     wait_playing,
 )
+from tests.test_audience import silence
+from tests.test_server_contract import cut_network
+from tests.test_workers_faults import OVERLAY_PROBE
 
 # The mean level (0-255) of what the <video> element shows right now.
 PICTURE_LEVEL = """() => {
@@ -107,3 +111,53 @@ async def test_watch_page_shows_the_performer_reconnecting_then_the_picture(
             f"first new frame presented {frame['t'] - back_at:.0f} ms"
         )
         await again.stop()
+
+
+@pytest.mark.parametrize("drop", ["media stops", "network cut"])
+async def test_a_performer_dropping_abruptly_is_never_called_audio_only(
+    server, new_stage, drop
+):
+    """A performer with a camera drops without a word: their encoder hangs (its
+    media stops, its ICE still answers) or their network is cut. The server holds
+    the stage once it has had no media for 2 s; before that the watch page must not
+    take the frozen picture for an audio-only stage, not even for a moment."""
+    stage = await new_stage("Abrupt")
+    publisher = await start_pattern_publisher(server.base, stage)
+    try:
+        async with launch_chromium(None) as browser:
+            page = await new_page(browser)
+            await page.add_init_script(OVERLAY_PROBE)
+            await page.goto(f"{server.base}/watch")
+            await expect(page.locator("#stage-name")).to_have_text(
+                "Abrupt", timeout=UI_TIMEOUT_MS
+            )
+            await wait_playing(page)
+            await wait_frames_decoded(page, 60)
+
+            dropped_at = await page.evaluate("() => performance.now()")
+            if drop == "media stops":
+                silence(publisher)
+            else:
+                cut_network(publisher.pc)
+            await expect(page.locator("#reconnecting")).to_be_visible(timeout=8_000)
+            # The placeholder's checks run every 250 ms: give a late one time.
+            await page.wait_for_timeout(1_000)
+            overlays = await page.evaluate(
+                "(t0) => window.__overlays.filter((o) => o.t > t0)", dropped_at
+            )
+    finally:
+        await publisher.stop(say_goodbye=False)
+
+    # Every show() is noted; only what changed on screen is kept.
+    changes, on_screen = [], {}
+    for o in overlays:
+        if on_screen.get(o["id"], False) != o["shown"]:
+            changes.append((round(o["t"] - dropped_at), o["id"], o["shown"]))
+        on_screen[o["id"]] = o["shown"]
+    print(f"\n{drop}: overlay changes after the drop (ms, overlay, shown) {changes}")
+    audio_only = [c for c in changes if c[1] == "audio-only" and c[2]]
+    assert not audio_only, (
+        f"the watch page called the stage audio only after its performer dropped "
+        f"({drop}), before the server held it: {changes}"
+    )
+    assert any(c[1] == "reconnecting" and c[2] for c in changes), changes

@@ -51,10 +51,15 @@ const recordingStatus = byId('recording-status');
 let performer = null;
 /** @type {MediaStream|null} */
 let media = null;
-/** The show in progress: its peer connection and, once known, Location. */
+/**
+ * The show in progress: its peer connection, once known its Location, and
+ * whether the server has yet said this connection is the stage's live one.
+ */
 let live = null;
 let ending = false;
 let events = null;
+// The stage as its events last described it.
+let lastStage = null;
 
 // signing in and out
 
@@ -264,7 +269,7 @@ async function goLive() {
     return;
   }
   const pc = new RTCPeerConnection(peerConfig(iceServers()));
-  live = { pc, location: null };
+  live = { pc, location: null, seenLive: false };
   for (const track of media.getTracks()) {
     pc.addTransceiver(track, { direction: 'sendonly', streams: [media] });
   }
@@ -283,6 +288,10 @@ async function goLive() {
     }
     live.location = location;
     onConnectionState(pc);
+    // The stage's events may have said it is live before this was known.
+    if (lastStage) {
+      followServer(lastStage);
+    }
   } catch (err) {
     pc.close();
     if (live?.pc !== pc) {
@@ -377,14 +386,16 @@ function showError(element, text) {
 
 function listen(id) {
   events?.close();
+  lastStage = null;
   const url = `/api/stages/${encodeURIComponent(id)}/events`;
   const source = new EventSource(url);
   events = source;
   source.addEventListener('message', (event) => {
     const stage = JSON.parse(event.data);
+    lastStage = stage;
     watching.textContent = String(stage.viewers ?? 0);
     showRecording(stage.recording ?? null, stage.last_recording ?? null);
-    noticeTakeover(stage);
+    followServer(stage);
   });
   source.addEventListener('error', () => {
     // EventSource reconnects by itself unless the server refused it.
@@ -398,21 +409,44 @@ function listen(id) {
   });
 }
 
-// Another tab or an encoder published with the same key: the server gave it
-// the stage, so this connection is no longer on air.
-function noticeTakeover(stage) {
+// What the server says of the stage, against what this page believes.
+function followServer(stage) {
   const mine = live?.location?.split('/').pop();
-  if (!mine || live.pc.connectionState !== 'connected') {
+  if (!mine) {
     return;
   }
-  if (stage.live && stage.publisher && stage.publisher !== mine) {
-    const current = live;
-    live = null;
-    current.pc.close();
-    setStatus('Your stage is now live from another connection (another ' +
-      'tab or an encoder), so this page is off air.', 'error');
-    updateButtons();
+  if (stage.live && stage.publisher === mine) {
+    live.seenLive = true;
+    return;
   }
+  // Another tab or an encoder published with the same key: the server gave
+  // it the stage, so this connection is no longer on air.
+  if (stage.live && stage.publisher && stage.publisher !== mine &&
+      live.pc.connectionState === 'connected') {
+    offAir('Your stage is now live from another connection (another ' +
+      'tab or an encoder), so this page is off air.');
+    return;
+  }
+  // The server ended this show without being asked from here: the worker
+  // carrying it died, the key was renewed on the dashboard, or a WHIP DELETE
+  // came from elsewhere. Until the server has said the show is live (it is
+  // still connecting), or while it holds the stage for this page to come
+  // back (a dropped connection), not being live says nothing of the kind.
+  // The page does not go back on air by itself: the show may have been
+  // ended on purpose, and its viewers were already moved on.
+  if (live.seenLive && !stage.live && !stage.reconnecting) {
+    offAir('Stage ended your show on its side, so you are off air. What ' +
+      'was recorded is kept. Press Go live to start a new show.');
+  }
+}
+
+// The server no longer takes this page's media: there is nothing to end.
+function offAir(message) {
+  const current = live;
+  live = null;
+  current.pc.close();
+  setStatus(message, 'error');
+  updateButtons();
 }
 
 function showRecording(recording, last) {

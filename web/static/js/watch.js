@@ -11,6 +11,12 @@ const ERROR_RETRY_SECONDS = 5;
 const DISCONNECTED_GRACE_MS = 8000;
 const NO_VIDEO_AFTER_MS = 2000;
 const FRAME_GAP_MS = 1500;
+// A stage whose own picture was seen and then stopped is most likely one
+// whose performer dropped: the server holds it, and says so, once it has
+// had no media for 2 s (QUIET_AFTER in stage/venue.py), checked every
+// 0.25 s and told a moment later, through another worker maybe. Until well
+// past that, a frozen picture is not taken for an audio-only stage.
+const STALLED_GAP_MS = 5000;
 const VIDEO_CHECK_MS = 250;
 const NOTICE_MS = 3000;
 // Answers about this page's own viewer that mean it no longer exists: 404
@@ -473,6 +479,9 @@ function flash(text) {
 // the switch, a gap of FRAME_GAP_MS without a decoded frame brings up the
 // audio-only placeholder. The gap is shorter than the delay because frames
 // of the previous stage still in flight are decoded just after a switch.
+// Once the stage has shown its own picture, the gap is STALLED_GAP_MS: its
+// video stopping means its performer was most likely lost, which the
+// server's hold says in its own words.
 
 function stageSwitched() {
   switchedAt = performance.now();
@@ -514,7 +523,10 @@ async function checkVideo() {
   // works; a lost connection is said by its own notice.
   const connected = pc.connectionState === 'connected' && lostFor === null;
   const held = Boolean(state.stage?.reconnecting) || backAt !== null;
-  const recent = frames === null || now - lastFrameAt < FRAME_GAP_MS;
+  // Frames still decoded this late after the switch are this stage's own.
+  const ownVideo = lastFrameAt - switchedAt > NO_VIDEO_AFTER_MS - FRAME_GAP_MS;
+  const gap = ownVideo ? STALLED_GAP_MS : FRAME_GAP_MS;
+  const recent = frames === null || now - lastFrameAt < gap;
   const noVideo = player.videoWidth === 0 || !recent;
   show(audioOnly, connected && !held && noVideo &&
     now - switchedAt >= NO_VIDEO_AFTER_MS);
