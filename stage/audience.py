@@ -10,7 +10,7 @@ rows reach SQLite in one transaction every FLUSH_INTERVAL, from a background tas
 once more at shutdown. Readers call `flush()` first (the numbers methods do), so what
 they read is the whole truth up to that moment. A killed server loses at most the last
 interval of joins and leaves; the open watches it left are ended at the last moment a
-flush vouched for (see `close_interrupted`).
+flush of theirs vouched for (see `close_interrupted`).
 
 A visit is not watching all the time it lasts: while its stage is held for a lost
 performer (venue.py, RECONNECT_WINDOW) no media flows, and the viewer waits on a frozen
@@ -21,7 +21,10 @@ media.
 
 Ids are handed out here, from the largest stored. With several worker processes
 (stage/front.py) each writes its own rows, and each takes its own lane of ids: worker
-i of n hands out only ids equal to i modulo n, so two never pick the same one.
+i of n hands out only ids equal to i modulo n, so two never pick the same one. Each
+lane also vouches for its own last flush, in its own row of `audience_marks`: when one
+worker dies while the others go on, its visits end when it last wrote, not when a
+surviving worker did.
 """
 
 from __future__ import annotations
@@ -100,6 +103,24 @@ def _seen(where: str, held: bool) -> str:
         f" ended_at, ended_by, {COUNTED} AS counted, {watched(held)} AS seconds"
         f" FROM watches WHERE {where}) "
     )
+
+
+def _mark_name(lane: tuple[int, int]) -> str:
+    """The `audience_marks` row where a lane vouches for its last flush: 'flushed'
+    for one process (the name every version used), 'flushed i/n' for worker i of n."""
+    index, step = lane
+    return "flushed" if step == 1 else f"flushed {index}/{step}"
+
+
+def _lane_of(name: str) -> tuple[int, int] | None:
+    """The lane whose mark `name` is; None for a row that is not a flush mark."""
+    if name == "flushed":
+        return (0, 1)
+    prefix, _, lane = name.partition(" ")
+    index, _, step = lane.partition("/")
+    if prefix != "flushed" or not index.isdigit() or not step.isdigit():
+        return None
+    return int(index), int(step)
 
 
 @dataclass(frozen=True)
@@ -292,9 +313,9 @@ class Audience:
 
     def _mark(self, at: float) -> None:
         self._db.execute(
-            "INSERT INTO audience_marks (name, at) VALUES ('flushed', ?)"
+            "INSERT INTO audience_marks (name, at) VALUES (?, ?)"
             " ON CONFLICT(name) DO UPDATE SET at=excluded.at",
-            (at,),
+            (_mark_name(self._lane), at),
         )
 
     def start(self) -> None:
@@ -318,25 +339,40 @@ class Audience:
         self._db.close()
 
     def close_interrupted(self, lane_only: bool = False) -> int:
-        """After a crash: end the watches left open at the last moment we vouch for
-        (with `lane_only`, only this lane's: one worker of several died).
+        """After a crash: end the watches left open at the last moment their lane
+        vouched for (with `lane_only`, only this lane's: one worker of several died).
+
+        After a whole crash, each lane's mark ends that lane's watches. A mark left by
+        an earlier run with another number of workers can match ids of the last run
+        too; its watches were all ended before the last run began, so the marks are
+        taken newest first and each watch ends at the newest that covers it, its own.
 
         A hold left open stays open: its stage was held when the server went, and its
         show never came back.
         """
-        row = self._db.execute(
-            "SELECT at FROM audience_marks WHERE name='flushed'"
-        ).fetchone()
-        at = row["at"] if row else None
-        index, step = self._lane if lane_only else (0, 1)
-        cursor = self._db.execute(
-            "UPDATE watches SET ended_at=MAX(started_at, COALESCE(?, started_at)),"
-            " ended_by=? WHERE ended_at IS NULL AND id % ? = ?",
-            (at, BY_SERVER, step, index),
-        )
-        if cursor.rowcount:
-            logger.info("audience: %d watches ended by a restart", cursor.rowcount)
-        return cursor.rowcount
+        if lane_only:
+            row = self._db.execute(
+                "SELECT at FROM audience_marks WHERE name=?", (_mark_name(self._lane),)
+            ).fetchone()
+            marks = [(self._lane, row["at"] if row else None)]
+        else:
+            rows = self._db.execute(
+                "SELECT name, at FROM audience_marks ORDER BY at DESC"
+            ).fetchall()
+            lanes = [(_lane_of(row["name"]), row["at"]) for row in rows]
+            marks = [(lane, at) for lane, at in lanes if lane is not None]
+            marks.append(((0, 1), None))  # no mark at all: the watch is ended empty
+        ended = 0
+        for (index, step), at in marks:
+            cursor = self._db.execute(
+                "UPDATE watches SET ended_at=MAX(started_at, COALESCE(?, started_at)),"
+                " ended_by=? WHERE ended_at IS NULL AND id % ? = ?",
+                (at, BY_SERVER, step, index),
+            )
+            ended += cursor.rowcount
+        if ended:
+            logger.info("audience: %d watches ended by a restart", ended)
+        return ended
 
     # reading: flushed first, so every number is the whole truth so far
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import aiohttp_jinja2
 import jinja2
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from . import allocator, api, clips_api, pages, signalling
 from .appkeys import SETTINGS, STORE, VENUE
@@ -50,10 +51,39 @@ class HideTokens(logging.Filter):
         return True
 
 
+class BriefProtocolErrors(logging.Filter):
+    """A request aiohttp cannot parse (a Content-Length that is no number, a request
+    line or header too long) is the client's error, answered 400 by aiohttp itself;
+    but aiohttp 3.13 logs it at ERROR with a whole traceback on `aiohttp.server`. It
+    is said here in one line instead, with the reason. Anything else on that logger
+    (a handler's unexpected error, a 500) passes as it is."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError) or not 400 <= exc.code < 500:
+            return True
+        # The parser's message may quote the request after its first line: the
+        # reason is the first line, and a key in it is hidden all the same.
+        lines = [line.strip() for line in str(exc.message).splitlines()]
+        reason = next((line for line in lines if line), type(exc).__name__)
+        reason = HideTokens.pattern.sub(r"\1***", reason[:200].rstrip(":"))
+        args = record.args if isinstance(record.args, tuple) else ()
+        client = args[0] if args else "a client"
+        logger.info(
+            "malformed request from %s refused (%d): %s", client, exc.code, reason
+        )
+        return False
+
+
 def hide_tokens_in_access_log() -> None:
+    """Filters on aiohttp's own loggers: no key in the access log, and a malformed
+    request logged in one line (BriefProtocolErrors)."""
     access = logging.getLogger("aiohttp.access")
     if not any(isinstance(f, HideTokens) for f in access.filters):
         access.addFilter(HideTokens())
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, BriefProtocolErrors) for f in server.filters):
+        server.addFilter(BriefProtocolErrors())
 
 
 def create_app(settings: Settings) -> web.Application:

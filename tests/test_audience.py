@@ -922,3 +922,52 @@ async def test_two_workers_hand_out_watch_ids_that_never_meet(tmp_path):
     for audience in (first, second, late):
         await audience.close()
     store.close()
+
+
+async def test_dead_worker_visits_end_at_its_own_last_flush_not_a_survivor_s(tmp_path):
+    """Two workers write watches; one dies and the other keeps flushing. The dead
+    one's open visits end when it last wrote, not when the survivor last did; the
+    survivor's stay open, and a later whole crash ends them at the survivor's mark."""
+    from stage.audience import BY_SERVER, Audience
+    from stage.store import Store
+
+    store = Store(tmp_path / "stage.db", 3.0)
+    stage, _ = store.create_stage("Lanes")
+    performance = store.start_performance(stage.id, time.time())
+    survivor = Audience(store.path, 3.0, lane=(0, 2))
+    dying = Audience(store.path, 3.0, lane=(1, 2))
+    kept = survivor.open_watch(performance, "kept")
+    lost = dying.open_watch(performance, "lost")
+    survivor.flush()
+    dying.flush()
+    dying_wrote = time.time()
+    dying._db.close()  # killed: it never writes again
+
+    await asyncio.sleep(0.3)
+    survivor.flush()  # nothing new, but a watch is open: the survivor vouches anew
+    survivor_wrote = time.time()
+
+    recovery = Audience(store.path, 3.0, lane=(1, 2))  # the front, for worker 1
+    assert recovery.close_interrupted(lane_only=True) == 1
+    ends = {w.id: w for w in recovery.watches(performance)}
+    assert ends[lost].ended_by == BY_SERVER, ends
+    assert ends[lost].ended_at <= dying_wrote, (
+        f"ended {ends[lost].ended_at - dying_wrote:.3f} s after the dead worker's"
+        f" last flush: {ends[lost]}"
+    )
+    assert ends[lost].ended_at > ends[lost].started_at, ends[lost]
+    assert ends[kept].ended_at is None, ends[kept]
+    await recovery.close()
+
+    survivor._db.close()  # then the whole server is killed
+    whole = Audience(store.path, 3.0)
+    assert whole.close_interrupted() == 1
+    ends = {w.id: w for w in whole.watches(performance)}
+    assert dying_wrote < ends[kept].ended_at <= survivor_wrote, (
+        dying_wrote,
+        survivor_wrote,
+        ends[kept],
+    )
+    assert ends[lost].ended_at <= dying_wrote, ends[lost]
+    await whole.close()
+    store.close()

@@ -302,6 +302,74 @@ async def test_create_with_10_mb_body_is_413(server, http, settings, chunked):
     assert await live_ids(server, http) == []
 
 
+# HTTP that cannot be parsed: answered 400 by aiohttp, logged by Stage in one line
+
+MALFORMED = {
+    "content-length-not-a-number": (
+        b"POST /api/stages HTTP/1.1\r\nHost: stage\r\nContent-Length: abc\r\n\r\n"
+    ),
+    "request-line-of-20000-bytes": (
+        b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: stage\r\n\r\n"
+    ),
+}
+
+
+async def status_of_raw(host: str, port: int, request: bytes) -> bytes:
+    """Send `request` as it is on a new connection; the status line that came back."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await asyncio.wait_for(reader.readline(), 10)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+async def test_malformed_http_is_400_and_one_log_line_without_traceback(
+    server, caplog, case
+):
+    """A client's broken request is the client's error: no ERROR, no traceback."""
+    caplog.set_level(logging.DEBUG)
+    status = await status_of_raw(server.host, server.port, MALFORMED[case])
+    assert status.split()[1:2] == [b"400"], (case, status)
+
+    said = [(r.name, r.levelname, r.getMessage()) for r in caplog.records]
+    loud = [
+        (r.name, r.levelname, r.getMessage())
+        for r in caplog.records
+        if r.levelno >= logging.WARNING or r.exc_info
+    ]
+    assert loud == [], f"{case}: logged loud or with a traceback: {loud}"
+    brief = [m for _, _, m in said if m.startswith("malformed request from")]
+    assert len(brief) == 1 and "\n" not in brief[0], (case, said)
+
+
+async def test_an_unexpected_error_still_logs_its_traceback(aiohttp_server, settings):
+    """The brief line is for clients' protocol errors only: a handler that fails is
+    a 500 and an ERROR with its traceback, as before."""
+
+    async def broken(request):
+        raise RuntimeError("a bug in a handler")
+
+    app = create_app(settings)
+    app.router.add_get("/broken", broken)
+    srv = await aiohttp_server(app, host="127.0.0.1")
+    root, collect = logging.getLogger(), Collect()
+    errors: list[logging.LogRecord] = []
+    collect.emit = errors.append
+    root.addHandler(collect)
+    try:
+        status = await status_of_raw(
+            srv.host, srv.port, b"GET /broken HTTP/1.1\r\nHost: stage\r\n\r\n"
+        )
+    finally:
+        root.removeHandler(collect)
+    assert status.split()[1:2] == [b"500"], status
+    failed = [r for r in errors if r.levelno >= logging.ERROR and r.exc_info]
+    assert failed and failed[0].exc_info[0] is RuntimeError, errors
+
+
 # GET stages and performances
 
 

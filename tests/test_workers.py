@@ -98,6 +98,23 @@ async def until(check, timeout=15.0, what="the condition"):
     raise AssertionError(f"{what} did not come within {timeout} s")
 
 
+async def test_malformed_http_through_the_front_is_400_and_one_line_each(front):
+    """The front parses the request first: its log says a broken request in one
+    line, with no traceback and no ERROR."""
+    from .test_server_contract import MALFORMED, status_of_raw
+
+    port = int(front.base.rsplit(":", 1)[1])
+    for case, request in MALFORMED.items():
+        status = await status_of_raw("127.0.0.1", port, request)
+        assert status.split()[1:2] == [b"400"], (case, status)
+    log = await front.stop()
+
+    assert "Traceback" not in log, log
+    assert " ERROR " not in log, log
+    brief = [line for line in log.splitlines() if "malformed request from" in line]
+    assert len(brief) == len(MALFORMED), log
+
+
 async def test_two_stages_on_two_workers_next_across_them_until_sigterm(front):
     base = front.base
     publishers, viewers = {}, {}
