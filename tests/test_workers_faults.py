@@ -346,3 +346,48 @@ async def test_a_watch_page_whose_worker_dies_says_so_and_moves_on(front, tmp_pa
     assert lost and lost[0][0] < landed_at - killed_at, (
         f"the page never said the connection was lost before stage {left}: {overlays}"
     )
+
+
+async def test_a_perform_page_whose_worker_dies_says_off_air_at_once(front):
+    """SIGKILL to the worker carrying a show a /perform page is live on: the front
+    ends the show within about 2 s. The page must say so then (off air, recording
+    kept, Go live offered), not go on showing "Live" until its connection times out
+    some 16 s later."""
+    from playwright.async_api import expect
+
+    from .browser import launch_chromium, new_page
+
+    async with launch_chromium(None) as browser, aiohttp.ClientSession() as http:
+        page = await new_page(browser)
+        await page.goto(f"{front.base}/perform")
+        await page.fill("#stage-name", "Short Lived")
+        await page.click("#create-stage")
+        await expect(page.locator("#go-live")).to_be_enabled(timeout=10_000)
+        await page.click("#go-live")
+        status = page.locator("#live-status")
+        await expect(status).to_have_text("Live", timeout=15_000)
+        stage = await page.evaluate(
+            "() => JSON.parse(localStorage.getItem('stage.performer'))"
+        )
+        worker = await worker_of(http, front.base, stage["id"])
+
+        async def live_on_the_server():
+            url = f"{front.base}/api/stages/{stage['id']}"
+            async with http.get(url) as response:
+                return (await response.json())["live"]
+
+        # A show that has been on for a moment: the page heard the server say so.
+        await until(live_on_the_server, what="the show live on the server")
+        await asyncio.sleep(2)
+        killed = time.monotonic()
+        os.kill(front.worker_pids[int(worker)], signal.SIGKILL)
+        # The front ends the show ~2 s after the kill; the old page only said
+        # "The connection to Stage was lost" ~16 s after it.
+        await expect(status).to_contain_text(
+            "Stage ended your show on its side", timeout=8_000
+        )
+        said_after = time.monotonic() - killed
+        await expect(status).to_contain_text("What was recorded is kept")
+        await expect(page.locator("#end-show")).to_be_hidden()
+        await expect(page.locator("#go-live")).to_be_enabled()
+    print(f"\nworker {worker} killed: off air said {said_after:.1f} s later")

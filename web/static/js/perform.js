@@ -8,6 +8,10 @@ import {
 import { hangUp, peerConfig, publish } from './signalling.js';
 
 const EVENTS_RETRY_MS = 5000;
+// When the stage's event stream breaks while on air: how often, and how many
+// times, the page asks the server how its show stands.
+const CHECK_PAUSE_MS = 1000;
+const CHECK_TRIES = 10;
 // Set when the page goes away mid-show: a reload goes straight back on air,
 // and the server hands the stage to the new connection without dropping the
 // viewers (it holds a stage a few seconds for its key to come back).
@@ -58,6 +62,7 @@ let media = null;
 let live = null;
 let ending = false;
 let events = null;
+let checkingShow = false;
 // The stage as its events last described it.
 let lastStage = null;
 
@@ -398,6 +403,12 @@ function listen(id) {
     followServer(stage);
   });
   source.addEventListener('error', () => {
+    // The stream broke. While on air, the server is asked at once how the
+    // show stands: the process carrying it may have died (--workers), and
+    // its end would otherwise only be heard when the stream is back.
+    if (source === events && live?.seenLive) {
+      checkShow(id);
+    }
     // EventSource reconnects by itself unless the server refused it.
     if (source === events && source.readyState === EventSource.CLOSED) {
       setTimeout(() => {
@@ -407,6 +418,24 @@ function listen(id) {
       }, EVENTS_RETRY_MS);
     }
   });
+}
+
+// Ask how the stage stands, a few times a second apart while the server
+// cannot say (a worker being started again answers 503).
+async function checkShow(id, tries = CHECK_TRIES) {
+  if (checkingShow || !live?.seenLive || performer?.id !== id) {
+    return;
+  }
+  checkingShow = true;
+  try {
+    followServer(await requestJson(`/api/stages/${encodeURIComponent(id)}`));
+  } catch (err) {
+    if (tries > 1) {
+      setTimeout(() => checkShow(id, tries - 1), CHECK_PAUSE_MS);
+    }
+  } finally {
+    checkingShow = false;
+  }
 }
 
 // What the server says of the stage, against what this page believes.
