@@ -549,6 +549,15 @@ async def watched_before_the_loss(server, stage, peers):
     return publisher, viewer, sent, answered
 
 
+async def the_one_csv_row_agrees(server, http, stage, performance, ended_by: str):
+    """The performance's export has one visit, ended so, with its watch time."""
+    [row] = await watches_csv(server, http, stage, performance)
+    assert row["ended_by"] == ended_by, row
+    assert float(row["seconds"]) == pytest.approx(
+        performance["watch_seconds"], abs=0.002
+    )
+
+
 def silence(publisher: Publisher):
     """The performer's media stops (a hung encoder) while its ICE still answers; the
     function returned lets it flow again on the same connection."""
@@ -616,11 +625,7 @@ async def test_a_held_stage_s_viewers_are_not_watching_while_nobody_comes_back(
     assert performance["peak_viewers"] == 1 and performance["watching"] == 0
     info = await get_json(http, f"{server.base}/api/stages/{stage['id']}")
     assert info["views"] == 0, info
-    [row] = await watches_csv(server, http, stage, performance)
-    assert row["ended_by"] == "show", row
-    assert float(row["seconds"]) == pytest.approx(
-        performance["watch_seconds"], abs=0.002
-    )
+    await the_one_csv_row_agrees(server, http, stage, performance, ended_by="show")
 
 
 async def test_media_that_comes_back_within_the_hold_resumes_the_same_visit(
@@ -664,11 +669,7 @@ async def test_media_that_comes_back_within_the_hold_resumes_the_same_visit(
     )
     assert (performance["visits"], performance["ended_at"]) == (1, None), performance
     assert_between("watch time", performance["watch_seconds"], low, high)
-    [row] = await watches_csv(server, http, stage, performance)
-    assert row["ended_by"] == "viewer", row
-    assert float(row["seconds"]) == pytest.approx(
-        performance["watch_seconds"], abs=0.002
-    )
+    await the_one_csv_row_agrees(server, http, stage, performance, ended_by="viewer")
 
 
 async def test_a_performer_back_within_the_hold_starts_a_visit_from_the_comeback(

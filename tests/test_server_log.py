@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 
 import aiohttp
 
-from .test_server_stop import free_port
+from .test_server_stop import free_port, start_server
 
 # A path that decodes to a second log line, and a NUL byte (grep would call the log a
 # binary file and hide it).
@@ -16,18 +15,8 @@ FORGED = "2026-12-05 10:01:39,655 INFO stage.venue: stage forged: ended"
 
 async def test_a_path_with_a_newline_or_nul_stays_on_its_own_log_line(tmp_path):
     port = free_port()
-    server = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "stage", "--port", str(port)),
-        *("--data", str(tmp_path / "data"), "--ice-address", "127.0.0.1"),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
+    server, started = await start_server(port, tmp_path / "data")
     try:
-        started = b""
-        while b"Stage is running" not in started:
-            line = await asyncio.wait_for(server.stdout.readline(), 60)
-            assert line, f"the server ended before it ran: {started.decode()}"
-            started += line
         base = f"http://127.0.0.1:{port}"
         forged = FORGED.replace(" ", "%20").replace(",", "%2C")
         async with aiohttp.ClientSession() as http:

@@ -22,22 +22,34 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-async def test_sigterm_ends_the_shows_and_finishes_their_recordings(tmp_path):
-    port = free_port()
-    data = tmp_path / "data"
+async def start_server(port: int, data) -> tuple[asyncio.subprocess.Process, bytes]:
+    """`python -m stage` on 127.0.0.1:`port`, its log in its stdout; returns it once
+    it says it runs, with what it logged until then."""
     server = await asyncio.create_subprocess_exec(
         *(sys.executable, "-m", "stage", "--port", str(port), "--data", str(data)),
         *("--ice-address", "127.0.0.1"),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
-    publisher = None
+    started = b""
     try:
-        started = b""
         while b"Stage is running" not in started:
             line = await asyncio.wait_for(server.stdout.readline(), 60)
             assert line, f"the server ended before it ran: {started.decode()}"
             started += line
+    except BaseException:
+        server.kill()
+        await server.wait()
+        raise
+    return server, started
+
+
+async def test_sigterm_ends_the_shows_and_finishes_their_recordings(tmp_path):
+    port = free_port()
+    data = tmp_path / "data"
+    server, started = await start_server(port, data)
+    publisher = None
+    try:
         base = f"http://127.0.0.1:{port}"
         async with aiohttp.ClientSession() as http:
             async with http.post(f"{base}/api/stages", json={"name": "Last Set"}) as r:
