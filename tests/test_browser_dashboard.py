@@ -73,21 +73,27 @@ async def test_recording_in_progress_is_shown_whole_at_1280_wide(server, new_sta
         await publisher.pc.close()
 
 
+async def go_live_from_the_page(page, base: str, name: str) -> dict:
+    """Create a stage called `name` on /perform and go live; the stage the page kept."""
+    await page.goto(f"{base}/perform")
+    await page.fill("#stage-name", name)
+    await page.click("#create-stage")
+    await expect(page.locator("#performer-name")).to_have_text(name)
+    stage = await page.evaluate(
+        "() => JSON.parse(localStorage.getItem('stage.performer'))"
+    )
+    await expect(page.locator("#go-live")).to_be_enabled(timeout=UI_TIMEOUT_MS)
+    await page.click("#go-live")
+    await expect(page.locator("#live-status")).to_have_text("Live", timeout=15_000)
+    return stage
+
+
 async def test_after_end_show_the_perform_page_points_to_the_saved_recording(
     server,
 ):
     async with launch_chromium(None) as browser:
         page = await new_page(browser, viewport=LAPTOP)
-        await page.goto(f"{server.base}/perform")
-        await page.fill("#stage-name", "Saved Night")
-        await page.click("#create-stage")
-        await expect(page.locator("#performer-name")).to_have_text("Saved Night")
-        saved = await page.evaluate(
-            "() => JSON.parse(localStorage.getItem('stage.performer'))"
-        )
-        await expect(page.locator("#go-live")).to_be_enabled(timeout=UI_TIMEOUT_MS)
-        await page.click("#go-live")
-        await expect(page.locator("#live-status")).to_have_text("Live", timeout=15_000)
+        saved = await go_live_from_the_page(page, server.base, "Saved Night")
         await expect(page.locator("#recording-status")).to_have_text("Recording")
         # Some media reaches the recording before the show ends.
         await expect(page.locator("#recording-status")).to_have_attribute(
@@ -123,16 +129,7 @@ async def test_a_show_the_server_ends_is_said_off_air_at_once_on_the_perform_pag
     "Live" until its connection times out some 16 s later."""
     async with launch_chromium(None) as browser:
         page = await new_page(browser, viewport=LAPTOP)
-        await page.goto(f"{server.base}/perform")
-        await page.fill("#stage-name", "Cut Short")
-        await page.click("#create-stage")
-        await expect(page.locator("#performer-name")).to_have_text("Cut Short")
-        stage = await page.evaluate(
-            "() => JSON.parse(localStorage.getItem('stage.performer'))"
-        )
-        await expect(page.locator("#go-live")).to_be_enabled(timeout=UI_TIMEOUT_MS)
-        await page.click("#go-live")
-        await expect(page.locator("#live-status")).to_have_text("Live", timeout=15_000)
+        stage = await go_live_from_the_page(page, server.base, "Cut Short")
         await page.wait_for_timeout(1500)  # some media reaches the recording
 
         async with http.get(f"{server.base}/api/stages/{stage['id']}") as response:
